@@ -1,0 +1,6 @@
+"""The methods' mechanisms as Lightning callbacks, one file per mechanism (installed as `cvit.callbacks`).
+
+Importing this package registers every built-in callback under its YAML name.
+"""
+
+from cvit.callbacks import replay  # noqa: F401

@@ -1,0 +1,48 @@
+"""The base class of every cvit callback: Lightning's `Callback` plus the continual task hooks.
+
+Hook contract (called by `cvit.loop.ContinualLoop` on every callback, in YAML order):
+  on_task_start(trainer, module, datamodule, task)  before the task's `trainer.fit` builds its data:
+      the place for structural changes (add / select / freeze adapters in `module.pool`) and data
+      changes (`datamodule.mix_in(...)` for replay).
+  on_task_end(trainer, module, datamodule, task)    after `fit`, before the task's evaluation:
+      consolidation (fusion, anchors, Fisher, writing EMA weights back).
+  training_loss(module, batch, outputs) -> dict[str, Tensor]   extra loss terms added in the
+      training step (EWC, LwF, KL recall, ...); keys are logged as `loss/<key>`.
+Step-level work uses Lightning's own hooks (e.g. `on_train_batch_end` for a per-step EMA).
+Inference-time routing is installed on the module (`module.set_router(...)`), which owns it.
+State: `state_dict()` / `load_state_dict()` are saved after every task and restored on resume;
+`owns` names shared things the callback takes charge of, so the validator can reject two owners.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import lightning as L
+
+if TYPE_CHECKING:
+    import torch
+
+    from cvit.data.datamodule import ContinualDataModule
+    from cvit.data.stream import Task
+    from cvit.module import ContinualModule
+
+
+class ContinualCallback(L.Callback):
+    owns: ClassVar[tuple[str, ...]] = ()
+
+    def on_task_start(
+        self, trainer: L.Trainer | None, module: ContinualModule, datamodule: ContinualDataModule, task: Task
+    ) -> None:
+        """Before the task's fit (trainer is None when the method does not train)."""
+
+    def on_task_end(
+        self, trainer: L.Trainer | None, module: ContinualModule, datamodule: ContinualDataModule, task: Task
+    ) -> None:
+        """After the task's fit, before evaluation."""
+
+    def training_loss(
+        self, module: ContinualModule, batch: dict[str, Any], outputs: Any
+    ) -> dict[str, torch.Tensor]:
+        """Extra loss terms for this training step (none by default)."""
+        return {}

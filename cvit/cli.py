@@ -1,0 +1,144 @@
+"""The `cvit` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cvit.errors import CvitError
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", action="append", default=[], metavar="YAML",
+                        help="config file; repeat to merge several in order")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotlist overrides, applied last")
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    from cvit.config import load_config
+    from cvit.loop import ContinualRun
+
+    cfg, sources = load_config(args.config, args.overrides)
+    run_dir = ContinualRun(cfg, sources, args.resume).run(resume=args.resume is not None)
+    print(f"run directory: {run_dir}\nreport: {run_dir / 'report.md'}")
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from cvit.config import load_config
+    from cvit.loop import ContinualRun
+
+    cfg, sources = load_config(args.config, args.overrides)
+    run = ContinualRun(cfg, sources)
+    run.prepare()
+    print(f"config OK: method {cfg.method.name} ({cfg.method.mode}) on {cfg.benchmark.name}")
+    for task in run.stream + run.unseen:
+        train = len(run.datamodule.train_records.get(task.name, []))
+        test = len(run.datamodule.test_records.get(task.name, []))
+        kind = "unseen" if task.unseen else f"stage {task.index}"
+        print(f"  {task.name:<16} {kind:<9} train {train:>6}  test {test:>5}  scorer {task.scorer}")
+    print(f"  callbacks: {', '.join(run.callbacks) or 'none'}")
+
+
+def cmd_metrics(args: argparse.Namespace) -> None:
+    from cvit.eval.metrics import continual_metrics, format_metrics, load_matrix
+
+    _, matrix = load_matrix(args.matrix)
+    reference = None
+    if args.reference:
+        _, rows = load_matrix(args.reference)
+        reference = rows[-1]
+    metrics = continual_metrics(matrix, reference)
+    print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from cvit.report import write_report
+
+    print(write_report(Path(args.run_dir)))
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> None:
+    from cvit.model.tiny import save_tiny_llava
+
+    print(save_tiny_llava(args.out_dir, seed=args.seed))
+
+
+def cmd_make_synthetic(args: argparse.Namespace) -> None:
+    from cvit.synthetic.writer import SyntheticSizes, make_synthetic
+
+    sizes = SyntheticSizes(train=args.train, test=args.test, base=args.base, seed=args.seed)
+    print(make_synthetic(args.out_dir, sizes))
+
+
+def cmd_base_train(args: argparse.Namespace) -> None:
+    from cvit.pretrain import base_train
+
+    print(base_train(Path(args.model), Path(args.data), Path(args.out), steps=args.steps, lr=args.lr,
+                     batch_size=args.batch_size, seed=args.seed))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from cvit.demo import run_demo
+
+    run_demo(Path(args.work), Path(args.configs))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cvit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    fit = sub.add_parser("fit", help="run a continual experiment")
+    add_config_args(fit)
+    fit.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last completed task")
+    fit.set_defaults(func=cmd_fit)
+    validate = sub.add_parser("validate", help="check config and data paths without loading a model")
+    add_config_args(validate)
+    validate.set_defaults(func=cmd_validate)
+    metrics = sub.add_parser("metrics", help="continual metrics of a saved accuracy matrix")
+    metrics.add_argument("matrix", help='JSON {"tasks": [...], "matrix": [[...], ...]}')
+    metrics.add_argument("--json", action="store_true", help="print JSON")
+    metrics.add_argument("--reference", help="matrix JSON whose last row is the FWT reference")
+    metrics.set_defaults(func=cmd_metrics)
+    report = sub.add_parser("report", help="(re)write a run's report.md and matrix.png")
+    report.add_argument("run_dir")
+    report.set_defaults(func=cmd_report)
+    tiny = sub.add_parser("tiny-model", help="build the tiny LLaVA offline and save it")
+    tiny.add_argument("out_dir")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=cmd_tiny_model)
+    synthetic = sub.add_parser("make-synthetic", help="write the synthetic benchmark")
+    synthetic.add_argument("out_dir")
+    synthetic.add_argument("--train", type=int, default=2000, help="training records per task")
+    synthetic.add_argument("--test", type=int, default=100, help="test records per task")
+    synthetic.add_argument("--base", type=int, default=16000, help="records of the base-training mixture")
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.set_defaults(func=cmd_make_synthetic)
+    base = sub.add_parser("base-train", help="base-train the tiny model on the synthetic base mixture")
+    base.add_argument("--model", required=True, help="tiny model folder")
+    base.add_argument("--data", required=True, help="synthetic benchmark root")
+    base.add_argument("--out", required=True, help="output model folder")
+    base.add_argument("--steps", type=int, default=1500)
+    base.add_argument("--lr", type=float, default=1e-3)
+    base.add_argument("--batch-size", type=int, default=32)
+    base.add_argument("--seed", type=int, default=0)
+    base.set_defaults(func=cmd_base_train)
+    demo = sub.add_parser("demo", help="zero-shot, SeqLoRA and joint on the synthetic stream")
+    demo.add_argument("--work", default="work", help="folder for the model, data and runs")
+    demo.add_argument("--configs", default="configs", help="the configs folder")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CvitError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

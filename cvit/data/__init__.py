@@ -1,0 +1,1 @@
+"""Data: LLaVA-format records, the task stream, datasets, collation and the DataModule."""

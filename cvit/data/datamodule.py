@@ -1,0 +1,100 @@
+"""The continual DataModule: owns the task stream, the current stage and replay mixing.
+
+A *stage* is what one `trainer.fit` trains on: one task of the stream (sequential methods) or
+several (joint training). Records are read and validated when the DataModule is built, before any
+model is loaded; images load lazily. The collator (which needs the model's processor) is attached
+once the model exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Subset
+
+from cvit.data.collate import Collator
+from cvit.data.datasets import TestSet, TrainSet, pick_template
+from cvit.data.records import TestRecord, TrainRecord, load_test, load_train
+from cvit.data.stream import Task
+from cvit.model.prompting import instruction_text
+
+
+class ContinualDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        stream: list[Task],
+        unseen: list[Task],
+        root,
+        batch_size: int,
+        eval_batch_size: int,
+        num_workers: int = 0,
+        max_train_samples: int | None = None,
+        max_test_samples: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.stream, self.unseen = stream, unseen
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_workers, self.seed = num_workers, seed
+        self.train_records: dict[str, list[TrainRecord]] = {
+            t.name: load_train(t.train_file, root)[:max_train_samples] for t in stream
+        }
+        self.test_records: dict[str, list[TestRecord]] = {
+            t.name: load_test(t.test_file, root)[:max_test_samples] for t in stream + unseen
+        }
+        self.collator: Collator | None = None
+        self.stage: list[Task] = []
+        self.replay: list[tuple[Task, list[int], float]] = []
+
+    @property
+    def tasks(self) -> dict[str, Task]:
+        return {t.name: t for t in self.stream + self.unseen}
+
+    def attach_collator(self, collator: Collator) -> None:
+        self.collator = collator
+
+    def set_stage(self, tasks: Sequence[Task]) -> None:
+        """Train on `tasks` in the next fit; clears replay mixed into the previous stage."""
+        self.stage = list(tasks)
+        self.replay = []
+
+    def mix_in(self, task: Task, indices: Sequence[int], loss_weight: float = 1.0) -> None:
+        """Replay: add records `indices` of an earlier task's training data to the current stage,
+        with a per-sample loss weight. Records are referenced, not copied."""
+        size = len(self.train_records[task.name])
+        bad = [i for i in indices if not 0 <= i < size]
+        if bad:
+            raise IndexError(f"replay indices {bad[:5]} out of range for task {task.name!r} ({size} records)")
+        self.replay.append((task, list(indices), float(loss_weight)))
+
+    def instructions(self, task: Task) -> list[str]:
+        """The instruction texts (question + template) of a task's training records, in record order."""
+        return [
+            instruction_text(r.question, pick_template(task.templates, self.seed, r.uid))
+            for r in self.train_records[task.name]
+        ]
+
+    def train_set(self, task: Task, loss_weight: float = 1.0) -> TrainSet:
+        return TrainSet(self.train_records[task.name], task.templates, self.seed, loss_weight)
+
+    def test_set(self, task: Task) -> TestSet:
+        return TestSet(self.test_records[task.name], task.templates, self.seed)
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.stage:
+            raise RuntimeError("no stage set: call set_stage() before fit")
+        parts = [self.train_set(t) for t in self.stage]
+        parts += [Subset(self.train_set(t, w), idx) for t, idx, w in self.replay if idx]
+        generator = torch.Generator().manual_seed(self.seed + 1000 * (self.stage[0].index + 1))
+        return DataLoader(
+            ConcatDataset(parts), batch_size=self.batch_size, shuffle=True, generator=generator,
+            collate_fn=self.collator.train_batch, num_workers=self.num_workers,
+        )
+
+    def test_dataloader(self, task: Task) -> DataLoader:
+        return DataLoader(
+            self.test_set(task), batch_size=self.eval_batch_size, shuffle=False,
+            collate_fn=self.collator.eval_batch, num_workers=self.num_workers,
+        )

@@ -1,0 +1,170 @@
+"""The continual loop: one `trainer.fit` per stage, task hooks, evaluation, persistence, resume.
+
+Everything that can fail on user input (config, callbacks, data files) is checked in `prepare`,
+before the model is loaded. After each stage the run directory gains the adapters, the callbacks'
+states, the predictions and the accuracy-matrix row, so a stopped run resumes from the last
+completed stage (`resume=True`) and ends with the same matrix as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig
+
+from cvit.config import Sources, to_yaml
+from cvit.data.collate import Collator
+from cvit.data.datamodule import ContinualDataModule
+from cvit.data.stream import Task, build_tasks
+from cvit.evaluate import evaluate_task, evaluation_trainer
+from cvit.registry import build_callbacks
+from cvit.rundir import RunDirectory, stage_name
+from cvit.tensorboard_log import ContinualBoard
+from cvit.validate import validate_config
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What one `fit` trains on; `task` is what the task hooks receive."""
+
+    name: str
+    tasks: list[Task]
+    task: Task
+    trains: bool
+
+
+def plan_stages(mode: str, stream: list[Task]) -> list[Stage]:
+    if mode == "sequential":
+        return [Stage(t.name, [t], t, True) for t in stream]
+    merged = dataclasses.replace(stream[0], name=mode)
+    return [Stage(mode, list(stream) if mode == "joint" else [], merged, mode == "joint")]
+
+
+def default_run_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.run.root) / (cfg.run.name or f"{cfg.method.name}-{cfg.benchmark.name}")
+
+
+class ContinualRun:
+    def __init__(self, cfg: DictConfig, sources: Sources, run_dir: str | Path | None = None) -> None:
+        self.cfg, self.sources = cfg, sources
+        self.run_dir = RunDirectory(run_dir or default_run_dir(cfg))
+        self.module = None
+
+    def prepare(self) -> None:
+        """Validate config and data; no model is loaded."""
+        cfg = self.cfg
+        validate_config(cfg, self.sources)
+        self.callbacks = build_callbacks(cfg.callbacks, self.sources)
+        self.stream, self.unseen = build_tasks(cfg.benchmark, self.sources)
+        self.stages = plan_stages(cfg.method.mode, self.stream)
+        self.datamodule = ContinualDataModule(
+            self.stream, self.unseen if cfg.eval.unseen else [], Path(cfg.benchmark.root),
+            cfg.data.batch_size, cfg.data.eval_batch_size, cfg.data.num_workers,
+            cfg.data.max_train_samples, cfg.data.max_test_samples, cfg.train.seed,
+        )
+
+    def run(self, resume: bool = False) -> Path:
+        """Run (or continue) the experiment; returns the run directory."""
+        from cvit.module import ContinualModule
+        from cvit.report import write_report
+
+        self.prepare()
+        config_yaml = to_yaml(self.cfg)
+        if resume:
+            self.run_dir.check_resumable(config_yaml)
+        else:
+            self.run_dir.create(config_yaml)
+        doc = self.run_dir.load_matrix() or self.empty_matrix()
+        self.module = ContinualModule(self.cfg.model, self.cfg.train)
+        self.datamodule.attach_collator(
+            Collator(self.module.processor, self.cfg.model.family, self.cfg.model.max_length)
+        )
+        start = doc["completed"]
+        if start:
+            self.restore(start - 1)
+        board = ContinualBoard(self.run_dir.path / "tb" / "continual")
+        try:
+            for index in range(start, len(self.stages)):
+                self.run_stage(index, doc)
+                board.log_stage(index, doc)
+                write_report(self.run_dir.path)
+        finally:
+            board.close()
+        return self.run_dir.path
+
+    def empty_matrix(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "method": cfg.method.name, "mode": cfg.method.mode, "benchmark": cfg.benchmark.name,
+            "tasks": [t.name for t in self.stream], "stages": [s.name for s in self.stages],
+            "scorers": {t.name: t.scorer for t in self.stream + self.unseen},
+            "relaxed": cfg.eval.relaxed, "matrix": [], "future": [], "unseen_tasks": [t.name for t in
+            self.datamodule.unseen], "unseen": [], "details": {}, "seconds": [], "completed": 0,
+        }
+
+    def restore(self, index: int) -> None:
+        stage = self.stages[index]
+        states = self.run_dir.load_stage(index, stage.name, self.module.pool)
+        for key, callback in self.callbacks.items():
+            callback.load_state_dict(states.get(key, {}))
+
+    def stage_trainer(self, index: int, stage: Stage) -> L.Trainer:
+        cfg = self.cfg.train
+        return L.Trainer(
+            accelerator=cfg.accelerator, devices=1, precision=cfg.precision, max_epochs=cfg.epochs,
+            max_steps=cfg.max_steps, gradient_clip_val=cfg.grad_clip or None,
+            accumulate_grad_batches=cfg.accumulate_grad_batches, log_every_n_steps=cfg.log_every_n_steps,
+            logger=TensorBoardLogger(self.run_dir.path / "tb", name="train", version=stage_name(index, stage.name)),
+            callbacks=[*self.callbacks.values(), LearningRateMonitor(logging_interval="step")],
+            enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
+            default_root_dir=self.run_dir.path, enable_model_summary=index == 0,
+        )
+
+    def run_stage(self, index: int, doc: dict[str, Any]) -> None:
+        stage, module, datamodule = self.stages[index], self.module, self.datamodule
+        started = time.perf_counter()
+        L.seed_everything(self.cfg.train.seed + index, workers=True, verbose=False)
+        datamodule.set_stage(stage.tasks)
+        trainer = self.stage_trainer(index, stage) if stage.trains else None
+        for callback in self.callbacks.values():
+            callback.on_task_start(trainer, module, datamodule, stage.task)
+        if trainer is not None:
+            trainer.fit(module, train_dataloaders=datamodule.train_dataloader())
+        for callback in self.callbacks.values():
+            callback.on_task_end(trainer, module, datamodule, stage.task)
+        row = self.evaluate_stage(index, stage, doc)
+        self.run_dir.save_stage(
+            index, stage.name, module.pool, {k: cb.state_dict() for k, cb in self.callbacks.items()}
+        )
+        doc["matrix"].append(row["seen"])
+        doc["future"].append(row["future"])
+        doc["unseen"].append(row["unseen"])
+        doc["seconds"].append(round(time.perf_counter() - started, 2))
+        doc["completed"] = index + 1
+        self.run_dir.save_matrix(doc)
+
+    def evaluated_tasks(self, index: int) -> tuple[list[Task], list[Task]]:
+        """(seen tasks, not-yet-trained tasks) evaluated after stage `index`."""
+        if self.cfg.method.mode != "sequential":
+            return self.stream, []
+        future = self.stream[index + 1:] if self.cfg.eval.future_tasks else []
+        return self.stream[: index + 1], future
+
+    def evaluate_stage(self, index: int, stage: Stage, doc: dict[str, Any]) -> dict[str, list[float]]:
+        seen, future = self.evaluated_tasks(index)
+        trainer = evaluation_trainer(self.cfg.train.accelerator, self.cfg.train.precision)
+        row: dict[str, list[float]] = {"seen": [], "future": [], "unseen": []}
+        for group, tasks in (("seen", seen), ("future", future), ("unseen", self.datamodule.unseen)):
+            for task in tasks:
+                result = evaluate_task(trainer, self.module, self.datamodule, task, self.cfg.eval.relaxed)
+                self.run_dir.save_predictions(index, stage.name, task.name, result.predictions)
+                doc["details"].setdefault(task.name, {})[stage_name(index, stage.name)] = result.scores
+                row[group].append(round(result.scores["score"], 4))
+        return row

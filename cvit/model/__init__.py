@@ -1,0 +1,1 @@
+"""Model building: HF MLLM families, the tiny offline models, LoRA / QLoRA."""

@@ -1,0 +1,118 @@
+"""The LightningModule wrapping an MLLM with its adapter pool.
+
+Loss: cross-entropy on answer tokens only (labels = -100 elsewhere), each sample weighted by its
+`loss_weight` (replay), plus every callback's `training_loss` terms. Generation: greedy, batched,
+left-padded; a router installed with `set_router` may split a batch into groups, each generated
+under its own adapter setting (per-instance routing that keeps evaluation batched).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig
+from transformers import get_cosine_schedule_with_warmup
+
+from cvit.callbacks.base import ContinualCallback
+from cvit.data.collate import IGNORE_INDEX
+from cvit.model.build import FAMILIES, load_mllm
+from cvit.model.pool import AdapterPool
+
+# A router maps a generation batch to groups: (row indices, context manager that sets the adapters
+# for those rows). Returning one group with a null context is the same as having no router.
+Router = Callable[[dict[str, Any]], list[tuple[list[int], AbstractContextManager]]]
+MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "image_sizes")
+
+
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over answer tokens, tokens weighted by their sample's weight.
+
+    logits [B, L, V], labels [B, L] (IGNORE_INDEX off-answer), weights [B] -> scalar.
+    """
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    mask = labels != IGNORE_INDEX
+    token_loss = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), labels.clamp(min=0).reshape(-1), reduction="none"
+    ).view_as(labels)
+    token_weights = weights[:, None].to(token_loss.dtype) * mask
+    return (token_loss * token_weights).sum() / mask.sum().clamp(min=1)
+
+
+class ContinualModule(L.LightningModule):
+    def __init__(self, model_cfg: Any, train_cfg: Any) -> None:
+        super().__init__()
+        self.model_cfg, self.train_cfg = model_cfg, train_cfg
+        base, self.processor = load_mllm(
+            model_cfg.family, model_cfg.path, model_cfg.quantization, model_cfg.compute_dtype,
+            model_cfg.gradient_checkpointing,
+        )
+        lora = model_cfg.lora
+        self.pool = AdapterPool(base, LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+            modules_to_save=[FAMILIES[model_cfg.family].projector] if lora.train_projector else None,
+        ))
+        self.router: Router | None = None
+        self.max_new_tokens = 16  # generation budget; the evaluator sets it per task
+
+    @property
+    def model(self):
+        return self.pool.peft
+
+    def set_router(self, router: Router | None) -> None:
+        """Install (or remove with None) the inference-time routing; the module owns it."""
+        self.router = router
+
+    def model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+
+    def continual_callbacks(self) -> Iterator[ContinualCallback]:
+        trainer = self._trainer
+        for callback in trainer.callbacks if trainer is not None else ():
+            if isinstance(callback, ContinualCallback):
+                yield callback
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        outputs = self.model(**self.model_inputs(batch))
+        loss = answer_loss(outputs.logits, batch["labels"], batch["loss_weight"])
+        self.log("loss/answer", loss, prog_bar=True, batch_size=len(batch["labels"]))
+        for callback in self.continual_callbacks():
+            for name, term in callback.training_loss(self, batch, outputs).items():
+                self.log(f"loss/{name}", term, batch_size=len(batch["labels"]))
+                loss = loss + term
+        self.log("loss/total", loss, batch_size=len(batch["labels"]))
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.train_cfg.lr, weight_decay=self.train_cfg.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = get_cosine_schedule_with_warmup(optimizer, int(self.train_cfg.warmup_ratio * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[str]:
+        """Lightning's predict hook: generation with the budget the evaluator set for the task."""
+        return self.generate(batch, self.max_new_tokens)
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, Any], max_new_tokens: int) -> list[str]:
+        """Greedy completions (decoded, stripped), one per row of a left-padded batch."""
+        groups = self.router(batch) if self.router is not None else [(list(range(len(batch["input_ids"]))), None)]
+        texts: list[str] = [""] * len(batch["input_ids"])
+        inputs = self.model_inputs(batch)
+        tokenizer = self.processor.tokenizer
+        for rows, context in groups:
+            sub = {k: v[rows] for k, v in inputs.items()}
+            with context if context is not None else nullcontext():
+                out = self.model.generate(
+                    **sub, max_new_tokens=max_new_tokens, do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            decoded = tokenizer.batch_decode(out[:, sub["input_ids"].shape[1]:], skip_special_tokens=True)
+            for row, text in zip(rows, decoded, strict=True):
+                texts[row] = text.strip()
+        return texts

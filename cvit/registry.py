@@ -1,0 +1,95 @@
+"""Build callbacks from the config's named mapping.
+
+Each entry is `{name: <registered name>, ...arguments}` or, for a user's own callback,
+`{class_path: "package.module:ClassName", ...arguments}` (imported, never evaluated). Arguments are
+checked against the constructor's signature, so a typo is an error naming the key and its file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from cvit.config import Sources
+from cvit.errors import ConfigError
+
+CALLBACKS: dict[str, type] = {}
+
+
+def register_callback(name: str) -> Callable[[type], type]:
+    """Class decorator: make a callback buildable as `{name: <name>}` in YAML."""
+
+    def decorate(cls: type) -> type:
+        if name in CALLBACKS:
+            raise ValueError(f"callback name {name!r} is registered twice")
+        CALLBACKS[name] = cls
+        return cls
+
+    return decorate
+
+
+def known_callbacks() -> dict[str, type]:
+    import cvit.callbacks  # noqa: F401  (importing the package registers the built-in callbacks)
+
+    return CALLBACKS
+
+
+def resolve_class(key: str, spec: dict[str, Any], origin: str) -> type:
+    from cvit.callbacks.base import ContinualCallback
+
+    if ("name" in spec) == ("class_path" in spec):
+        raise ConfigError(f"{origin}: key 'callbacks.{key}': give exactly one of 'name' or 'class_path'")
+    if "name" in spec:
+        registry = known_callbacks()
+        if spec["name"] not in registry:
+            raise ConfigError(
+                f"{origin}: key 'callbacks.{key}.name': unknown callback {spec['name']!r}; "
+                f"known: {', '.join(sorted(registry))}"
+            )
+        return registry[spec["name"]]
+    module_name, _, class_name = str(spec["class_path"]).partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"{origin}: key 'callbacks.{key}.class_path': cannot import: {err}") from None
+    if not (isinstance(cls, type) and issubclass(cls, ContinualCallback)):
+        raise ConfigError(f"{origin}: key 'callbacks.{key}.class_path': not a ContinualCallback subclass")
+    return cls
+
+
+def build_callbacks(specs: DictConfig, sources: Sources) -> dict[str, Any]:
+    """Instantiate every callback (cheap: no model is touched). Raises ConfigError on bad entries."""
+    built: dict[str, Any] = {}
+    owners: dict[str, str] = {}
+    for key, node in specs.items():
+        origin = sources.of(f"callbacks.{key}")
+        spec = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{origin}: key 'callbacks.{key}': expected a mapping, got {spec!r}")
+        cls = resolve_class(key, spec, origin)
+        kwargs = {k: v for k, v in spec.items() if k not in ("name", "class_path")}
+        params = inspect.signature(cls.__init__).parameters
+        for arg in kwargs:
+            if arg not in params or arg == "self":
+                allowed = [p for p in params if p != "self"]
+                raise ConfigError(
+                    f"{sources.of(f'callbacks.{key}.{arg}')}: key 'callbacks.{key}.{arg}': "
+                    f"unknown argument of {cls.__name__}; allowed: {', '.join(allowed) or 'none'}"
+                )
+        try:
+            callback = cls(**kwargs)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{origin}: key 'callbacks.{key}': {err}") from None
+        for thing in getattr(cls, "owns", ()):
+            if thing in owners:
+                raise ConfigError(
+                    f"{origin}: callbacks '{owners[thing]}' and '{key}' both take charge of {thing!r}; "
+                    "keep one"
+                )
+            owners[thing] = key
+        built[str(key)] = callback
+    return built

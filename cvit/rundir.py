@@ -1,0 +1,88 @@
+"""The run directory: what a run leaves behind, written so a crash never corrupts it.
+
+  config.yaml                  the resolved config (a resumed run must match it)
+  matrix.json                  accuracy matrix so far, per-task details; `completed` = stages done
+  stages/<k>_<name>/adapters/  every adapter of the pool after stage k (peft safetensors)
+  stages/<k>_<name>/callbacks.pt  every callback's state_dict after stage k
+  predictions/<k>_<name>/<task>.jsonl
+  tb/                          TensorBoard logs;  report.md, matrix.png  the report
+Each stage directory is staged and renamed into place, then matrix.json is rewritten (atomically):
+a stage counts as completed only once both exist.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from cvit.atomic import atomic_path, write_json, write_text
+from cvit.errors import RunDirError
+
+
+def stage_name(index: int, name: str) -> str:
+    return f"{index:02d}_{name}"
+
+
+class RunDirectory:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def matrix_file(self) -> Path:
+        return self.path / "matrix.json"
+
+    def create(self, config_yaml: str) -> None:
+        if (self.path / "config.yaml").exists():
+            raise RunDirError(
+                f"{self.path}: run directory already exists; continue it with --resume {self.path} "
+                "or choose another run.name"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_text(self.path / "config.yaml", config_yaml)
+
+    def check_resumable(self, config_yaml: str) -> None:
+        """The stored config must equal this run's config; lists the differing keys otherwise."""
+        stored_file = self.path / "config.yaml"
+        if not stored_file.is_file():
+            raise RunDirError(f"{self.path}: not a run directory (no config.yaml)")
+        stored, current = yaml.safe_load(stored_file.read_text()), yaml.safe_load(config_yaml)
+        differences = sorted(diff_keys(stored, current))
+        if differences:
+            raise RunDirError(
+                f"{self.path}: made by a different config; differing keys: {', '.join(differences[:10])}"
+            )
+
+    def load_matrix(self) -> dict[str, Any] | None:
+        return json.loads(self.matrix_file.read_text()) if self.matrix_file.is_file() else None
+
+    def stage_dir(self, index: int, name: str) -> Path:
+        return self.path / "stages" / stage_name(index, name)
+
+    def save_stage(self, index: int, name: str, pool, callback_states: dict[str, Any]) -> None:
+        with atomic_path(self.stage_dir(index, name)) as staged:
+            (staged / "adapters").mkdir(parents=True)
+            pool.save(staged / "adapters")
+            torch.save(callback_states, staged / "callbacks.pt")
+
+    def load_stage(self, index: int, name: str, pool) -> dict[str, Any]:
+        directory = self.stage_dir(index, name)
+        pool.load(directory / "adapters")
+        return torch.load(directory / "callbacks.pt", weights_only=True)
+
+    def save_predictions(self, index: int, name: str, task: str, rows: list[dict[str, Any]]) -> None:
+        lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        write_text(self.path / "predictions" / stage_name(index, name) / f"{task}.jsonl", lines)
+
+    def save_matrix(self, doc: dict[str, Any]) -> None:
+        write_json(self.matrix_file, doc)
+
+
+def diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = set(a) | set(b)
+        return set().union(*(diff_keys(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k) for k in keys))
+    return set() if a == b else {prefix or "<root>"}

@@ -1,0 +1,111 @@
+"""The experiment configuration schema (OmegaConf structured configs).
+
+Every YAML file and command-line override is merged onto `ExperimentConfig`, so an unknown key or a
+wrong type fails at once, naming the key and the file it came from (see `cvit.config`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+LANGUAGE_MODEL_LINEARS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+@dataclass
+class LoraSchema:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: str = LANGUAGE_MODEL_LINEARS  # a regex on module names (language model only)
+    train_projector: bool = False  # multimodal projector trainable (saved with the adapter) or frozen
+
+
+@dataclass
+class ModelSchema:
+    family: str = "llava"  # llava | qwen2_vl
+    path: str = MISSING  # a local Hugging Face model folder (model + processor)
+    quantization: str = "none"  # none | nf4 | int8 (bitsandbytes; QLoRA with LoRA on top)
+    compute_dtype: str = "float32"  # float32 | bfloat16 | float16: load dtype and 4-bit compute dtype
+    gradient_checkpointing: bool = False
+    max_length: int = 512  # prompt + answer tokens; answers are truncated, never image tokens
+    lora: LoraSchema = field(default_factory=LoraSchema)
+
+
+@dataclass
+class TaskSchema:
+    test: str = MISSING  # test file, relative to benchmark.root
+    scorer: str = MISSING
+    train: str | None = None  # train file; None for evaluation-only (unseen) tasks
+    max_new_tokens: int = 16
+    unseen: bool = False  # evaluation-only task (generalisation)
+    instructions: dict[str, list[str]] = field(default_factory=dict)  # template variant -> templates
+
+
+@dataclass
+class BenchmarkSchema:
+    name: str = MISSING
+    root: str = MISSING
+    tasks: dict[str, TaskSchema] = field(default_factory=dict)
+    orders: dict[str, list[str]] = field(default_factory=dict)
+    order: Any = "default"  # a name from `orders` or an explicit list of task names
+    templates: str = "single"  # which instruction-template variant of each task to use
+
+
+@dataclass
+class DataSchema:
+    batch_size: int = 16
+    eval_batch_size: int = 32
+    num_workers: int = 0
+    max_train_samples: int | None = None  # per task, first N records (for quick runs)
+    max_test_samples: int | None = None
+
+
+@dataclass
+class TrainSchema:
+    lr: float = 2e-4
+    epochs: int = 1
+    max_steps: int = -1  # per task; -1 = run the epochs
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    accumulate_grad_batches: int = 1
+    precision: str = "32-true"  # Lightning precision, e.g. bf16-mixed on a GPU
+    accelerator: str = "auto"
+    seed: int = 0
+    log_every_n_steps: int = 10
+
+
+@dataclass
+class EvalSchema:
+    future_tasks: bool = False  # also evaluate not-yet-trained tasks (forward transfer)
+    unseen: bool = True  # evaluate the benchmark's unseen tasks after each task
+    relaxed: bool = False  # relaxed (contains) matching for short answers, e.g. for zero-shot figures
+
+
+@dataclass
+class MethodSchema:
+    name: str = "seqlora"
+    mode: str = "sequential"  # sequential | joint (all tasks' data at once) | zeroshot (no training)
+
+
+@dataclass
+class RunSchema:
+    root: str = "runs"
+    name: str | None = None  # run directory name; default <method>-<benchmark>
+
+
+@dataclass
+class ExperimentConfig:
+    model: ModelSchema = field(default_factory=ModelSchema)
+    benchmark: BenchmarkSchema = field(default_factory=BenchmarkSchema)
+    data: DataSchema = field(default_factory=DataSchema)
+    train: TrainSchema = field(default_factory=TrainSchema)
+    eval: EvalSchema = field(default_factory=EvalSchema)
+    method: MethodSchema = field(default_factory=MethodSchema)
+    run: RunSchema = field(default_factory=RunSchema)
+    # name -> {name: <registry name> | class_path: "pkg.module:Class", ...constructor arguments};
+    # a mapping (not a list) so files merge by key; `callbacks.<key>=null` drops one. YAML order = hook order.
+    callbacks: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""The embedded synthetic CVIT benchmark: a procedural world of coloured shapes and digits."""

@@ -1,0 +1,33 @@
+"""Continual-level TensorBoard logging: per-task scores after each stage, metrics, matrix heatmap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+
+from cvit.eval.metrics import continual_metrics
+from cvit.report import heatmap_figure
+
+
+class ContinualBoard:
+    def __init__(self, log_dir: Path) -> None:
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def log_stage(self, index: int, doc: dict[str, Any]) -> None:
+        """Scalars `score/<task>` and `metrics/<key>` at step = stage index; the heatmap figure."""
+        tasks, row = doc["tasks"], doc["matrix"][index]
+        for task, score in zip(tasks, row, strict=False):
+            self.writer.add_scalar(f"score/{task}", score, index)
+        for task, score in zip(doc["unseen_tasks"], doc["unseen"][index], strict=False):
+            self.writer.add_scalar(f"unseen/{task}", score, index)
+        if doc["mode"] == "sequential":
+            for key, value in continual_metrics(doc["matrix"]).items():
+                if value is not None:
+                    self.writer.add_scalar(f"metrics/{key}", value, index)
+        self.writer.add_figure("matrix", heatmap_figure(tasks, doc["matrix"]), index)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,44 @@
+"""Semantic checks of a merged config that the schema's types cannot express (no model loaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from cvit.config import Sources
+from cvit.errors import ConfigError
+from cvit.eval.scorers import SCORER_NAMES
+from cvit.model.build import DTYPES, FAMILIES, QUANTIZATIONS
+
+MODES = ("sequential", "joint", "zeroshot")
+
+
+def choose(cfg_value: str, allowed, key: str, sources: Sources) -> None:
+    if cfg_value not in allowed:
+        raise ConfigError(
+            f"{sources.of(key)}: key '{key}': {cfg_value!r} is not one of {', '.join(map(str, allowed))}"
+        )
+
+
+def validate_config(cfg: DictConfig, sources: Sources) -> None:
+    choose(cfg.model.family, FAMILIES, "model.family", sources)
+    choose(cfg.model.quantization, QUANTIZATIONS, "model.quantization", sources)
+    choose(cfg.model.compute_dtype, DTYPES, "model.compute_dtype", sources)
+    choose(cfg.method.mode, MODES, "method.mode", sources)
+    for name, task in cfg.benchmark.tasks.items():
+        choose(task.scorer, SCORER_NAMES, f"benchmark.tasks.{name}.scorer", sources)
+        if task.max_new_tokens < 1:
+            raise ConfigError(f"{sources.of(f'benchmark.tasks.{name}')}: key 'benchmark.tasks.{name}."
+                              "max_new_tokens': must be >= 1")
+    if not cfg.benchmark.tasks:
+        raise ConfigError(f"{sources.of('benchmark')}: key 'benchmark.tasks': no tasks defined")
+    root = Path(cfg.benchmark.root)
+    if not root.is_dir():
+        raise ConfigError(f"{sources.of('benchmark.root')}: key 'benchmark.root': data root not found: {root}")
+    for key in ("data.batch_size", "data.eval_batch_size", "train.epochs", "train.accumulate_grad_batches"):
+        section, field = key.split(".")
+        if cfg[section][field] < 1:
+            raise ConfigError(f"{sources.of(key)}: key '{key}': must be >= 1")
+    if cfg.train.lr <= 0:
+        raise ConfigError(f"{sources.of('train.lr')}: key 'train.lr': must be > 0")

@@ -1,0 +1,45 @@
+"""Shared fixtures: a small synthetic benchmark and the tiny LLaVA, built once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cvit.config import load_config
+from cvit.model.tiny import save_tiny_llava
+from cvit.synthetic.writer import SyntheticSizes, make_synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    return make_synthetic(tmp_path_factory.mktemp("data") / "synthetic", SyntheticSizes(train=48, test=8, base=64))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return save_tiny_llava(tmp_path_factory.mktemp("models") / "tiny-llava")
+
+
+def small_overrides(root: Path, model: Path, run_root: Path) -> list[str]:
+    """Shrink the embedded default for tests: few records, few steps, short generations."""
+    return [
+        f"benchmark.root={root}", f"model.path={model}", f"run.root={run_root}",
+        "data.batch_size=16", "data.eval_batch_size=8", "data.max_train_samples=32",
+        "data.max_test_samples=8", "benchmark.tasks.caption.max_new_tokens=12", "train.log_every_n_steps=1",
+    ]
+
+
+@pytest.fixture
+def small_config(synthetic_root, tiny_model_dir, tmp_path):
+    """A loader of the demo config shrunk for tests; extra overrides are appended."""
+
+    def load(*extra: str, method: str = "seqlora", files=()):
+        base = [CONFIGS / "model" / "tiny_llava.yaml", CONFIGS / "benchmark" / "synthetic.yaml",
+                CONFIGS / "method" / f"{method}.yaml", *files]
+        return load_config(base, small_overrides(synthetic_root, tiny_model_dir, tmp_path / "runs") + list(extra))
+
+    return load

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import LlavaForConditionalGeneration
+
+from cvit.callbacks.base import ContinualCallback
+from cvit.errors import RunDirError
+from cvit.loop import ContinualRun
+
+SHORT = ("benchmark.order=[colour_mc,count_vqa,grounding]", "train.max_steps=3")
+
+
+class Crash(ContinualCallback):
+    """Raises at the start of the task named `at` (a crash mid-stream)."""
+
+    def __init__(self, at: str) -> None:
+        self.at = at
+
+    def on_task_start(self, trainer, module, datamodule, task) -> None:
+        if task.name == self.at:
+            raise KeyboardInterrupt("simulated crash")
+
+
+class Recorder(ContinualCallback):
+    """Records the hooks it receives, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def on_task_start(self, trainer, module, datamodule, task):
+        self.calls.append(f"start:{task.name}")
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.calls.append("batch")
+
+    def on_task_end(self, trainer, module, datamodule, task):
+        self.calls.append(f"end:{task.name}")
+
+    def training_loss(self, module, batch, outputs):
+        self.calls.append("loss")
+        return {"zero": outputs.logits.sum() * 0}
+
+
+def test_crash_then_resume_equals_uninterrupted(small_config, tmp_path):
+    cfg, sources = small_config(*SHORT, "run.name=full")
+    full = ContinualRun(cfg, sources).run()
+    expected = json.loads((full / "matrix.json").read_text())
+    assert expected["completed"] == 3 and [len(r) for r in expected["matrix"]] == [1, 2, 3]
+
+    cfg, sources = small_config(*SHORT, "run.name=crashed")
+    crashing = ContinualRun(cfg, sources)
+    crashing.prepare = wrap_prepare(crashing, Crash("grounding"))
+    with pytest.raises(KeyboardInterrupt):
+        crashing.run()
+    partial = json.loads((crashing.run_dir.path / "matrix.json").read_text())
+    assert partial["completed"] == 2
+    assert not list(crashing.run_dir.path.rglob("*.tmp"))  # nothing half-written
+
+    resumed = ContinualRun(cfg, sources, crashing.run_dir.path).run(resume=True)
+    got = json.loads((resumed / "matrix.json").read_text())
+    assert got["matrix"] == expected["matrix"]
+    assert got["unseen"] == expected["unseen"]
+    for stage in ("02_grounding",):  # written by the resumed run
+        a = torch.load(full / "stages" / stage / "callbacks.pt")
+        assert a == torch.load(resumed / "stages" / stage / "callbacks.pt")
+    assert (resumed / "report.md").is_file() and (resumed / "matrix.png").is_file()
+
+
+def wrap_prepare(run: ContinualRun, extra: ContinualCallback):
+    original = run.prepare
+
+    def prepare():
+        original()
+        run.callbacks["crash"] = extra
+
+    return prepare
+
+
+def test_resume_with_a_different_config_is_refused(small_config):
+    cfg, sources = small_config(*SHORT, "run.name=a", "train.max_steps=1", "benchmark.order=[colour_mc]")
+    run_dir = ContinualRun(cfg, sources).run()
+    cfg, sources = small_config(*SHORT, "run.name=a", "train.max_steps=1", "benchmark.order=[colour_mc]",
+                                "train.lr=0.5")
+    with pytest.raises(RunDirError, match=r"different config; differing keys: train\.lr"):
+        ContinualRun(cfg, sources, run_dir).run(resume=True)
+    with pytest.raises(RunDirError, match="already exists"):
+        ContinualRun(cfg, sources, run_dir).run()
+
+
+def test_every_hook_is_reached_in_order_and_adapters_load_with_plain_peft(small_config, tiny_model_dir):
+    cfg, sources = small_config("benchmark.order=[colour_mc,count_vqa]", "train.max_steps=2", "run.name=hooks")
+    run = ContinualRun(cfg, sources)
+    recorder = Recorder()
+    run.prepare = wrap_prepare(run, recorder)
+    run_dir = run.run()
+    assert recorder.calls == [
+        "start:colour_mc", "loss", "batch", "loss", "batch", "end:colour_mc",
+        "start:count_vqa", "loss", "batch", "loss", "batch", "end:count_vqa",
+    ]
+    adapter = run_dir / "stages" / "01_count_vqa" / "adapters" / "default"
+    assert (adapter / "adapter_model.safetensors").is_file()
+    base = LlavaForConditionalGeneration.from_pretrained(tiny_model_dir)
+    loaded = PeftModel.from_pretrained(base, adapter)
+    trained = dict(run.module.model.named_parameters())
+    for name, param in loaded.named_parameters():
+        if "lora_" in name:
+            assert torch.equal(param, trained[name]), name
+    logs = list(Path(run_dir / "tb").rglob("events.out.tfevents*"))
+    assert len(logs) >= 3  # one per task + the continual board
+
+
+def test_replay_mixes_earlier_samples_by_reference(small_config, tmp_path):
+    from tests.conftest import CONFIGS
+
+    cfg, sources = small_config("benchmark.order=[colour_mc,count_vqa]", "train.max_steps=1",
+                                "callbacks.replay.samples_per_task=5", files=[CONFIGS / "method" / "replay.yaml"])
+    run = ContinualRun(cfg, sources)
+    run_dir = run.run()
+    buffer = run.callbacks["replay"].buffer
+    assert list(buffer) == ["colour_mc", "count_vqa"] and all(len(v) == 5 for v in buffer.values())
+    assert run.datamodule.replay and run.datamodule.replay[0][0].name == "colour_mc"
+    assert len(run.datamodule.train_dataloader().dataset) == 32 + 5
+    state = torch.load(run_dir / "stages" / "01_count_vqa" / "callbacks.pt")
+    assert state["replay"]["buffer"] == buffer
+
+
+def test_joint_and_zeroshot_evaluate_all_tasks_once(small_config):
+    for method in ("joint", "zeroshot"):
+        cfg, sources = small_config("train.max_steps=2", f"run.name={method}", method=method)
+        doc = json.loads((ContinualRun(cfg, sources).run() / "matrix.json").read_text())
+        assert doc["stages"] == [method] and len(doc["matrix"]) == 1 and len(doc["matrix"][0]) == 6

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_callbacks_folder_is_cvit_callbacks_and_no_top_level_callbacks(tmp_path):
+    import cvit.callbacks
+
+    assert Path(cvit.callbacks.__file__).parent.name == "callbacks"
+    # from a neutral directory (not the repository root), no top-level `callbacks` is importable
+    code = "import importlib.util, cvit.callbacks; print(importlib.util.find_spec('callbacks') is None)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+    assert importlib.util.find_spec("cvit.callbacks.replay") is not None

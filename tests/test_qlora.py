@@ -1,0 +1,48 @@
+"""4-bit NF4 loading on CPU through bitsandbytes, with the repacking trap of DESIGN §7."""
+
+from __future__ import annotations
+
+import bitsandbytes as bnb
+import pytest
+import torch
+
+from cvit.data.collate import Collator
+from cvit.loop import ContinualRun
+from cvit.module import ContinualModule, answer_loss
+
+
+@pytest.fixture
+def qlora(small_config):
+    cfg, sources = small_config("model.quantization=nf4")
+    run = ContinualRun(cfg, sources)
+    run.prepare()
+    module = ContinualModule(cfg.model, cfg.train)
+    run.datamodule.attach_collator(Collator(module.processor, "llava", 512))
+    return run, module
+
+
+def test_language_model_is_4bit_and_vision_projector_are_not(qlora):
+    _, module = qlora
+    names = {n for n, m in module.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    assert any("language_model" in n for n in names)
+    assert not any("vision_tower" in n or "multi_modal_projector" in n or "lm_head" in n for n in names)
+
+
+def test_lora_gradients_survive_a_validation_pass(qlora):
+    run, module = qlora
+    dm = run.datamodule
+    task = run.stream[1]
+    module.eval()
+    module.generate(next(iter(dm.test_dataloader(task))), 3)  # eval-mode, no-grad forward passes
+    with torch.no_grad():
+        dm.set_stage([task])
+        module.model(**module.model_inputs(next(iter(dm.train_dataloader()))))
+    module.train()
+    dm.set_stage([task])
+    batch = next(iter(dm.train_dataloader()))
+    out = module.model(**module.model_inputs(batch))
+    answer_loss(out.logits, batch["labels"], batch["loss_weight"]).backward()
+    lora = [(n, p) for n, p in module.named_parameters() if "lora_" in n and p.requires_grad]
+    assert lora
+    missing = [n for n, p in lora if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing, missing[:3]

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import torch
+from PIL import Image
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from cvit.data.collate import IGNORE_INDEX, Collator
+from cvit.model.tiny import build_word_tokenizer
+from cvit.synthetic.lexicon import split_words
+
+
+def test_tokenizer_is_word_level_and_round_trips():
+    tokenizer = build_word_tokenizer()
+    text = "a red circle at the top left and a blue cross at the bottom right."
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(split_words(text))
+    assert tokenizer.unk_token_id not in ids
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.tokenize("[0.0, 0.5, 1.0, 1.0]") == ["[", "0.0", ",", "0.5", ",", "1.0", ",", "1.0", "]"]
+
+
+def test_shipped_templates_have_no_unknown_words():
+    import yaml
+
+    from tests.conftest import CONFIGS
+
+    tokenizer = build_word_tokenizer()
+    spec = yaml.safe_load((CONFIGS / "benchmark" / "synthetic.yaml").read_text())["benchmark"]
+    for name, task in spec["tasks"].items():
+        for variant, templates in task["instructions"].items():
+            for template in templates:
+                ids = tokenizer(template, add_special_tokens=False)["input_ids"]
+                assert tokenizer.unk_token_id not in ids, (name, variant, template)
+
+
+def test_synthetic_records_have_no_unknown_words(synthetic_root):
+    import json
+
+    tokenizer = build_word_tokenizer()
+    for path in synthetic_root.glob("*/*.json"):
+        for record in json.loads(path.read_text()):
+            texts = [t["value"].replace("<image>", "") for t in record.get("conversations", [])]
+            texts += [record.get("text", ""), record.get("answer", "")]
+            for text in texts:
+                assert tokenizer.unk_token_id not in tokenizer(text, add_special_tokens=False)["input_ids"], text
+
+
+def test_save_and_reload_gives_the_same_model(tiny_model_dir):
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_model_dir)
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    assert type(model.model.language_model).__name__ == "LlamaModel"
+    assert type(model.model.vision_tower).__name__ == "CLIPVisionModel"
+    image = Image.new("RGB", (32, 32), (200, 10, 10))
+    inputs = processor(text=["USER: <image>\nWhat colour is the shape ? ASSISTANT:"], images=[image],
+                       return_tensors="pt")
+    image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert int((inputs["input_ids"] == image_token).sum()) == 16  # (32 / 8)^2 image tokens
+    again = LlavaForConditionalGeneration.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, again(**inputs).logits)
+
+
+def test_labels_cover_exactly_the_answer_and_end_token(tiny_model_dir):
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    collator = Collator(processor, "llava", max_length=512)
+    image = Image.new("RGB", (32, 32))
+    items = [
+        {"image": image, "instruction": "Name the shape .", "answer": "It is a circle .", "loss_weight": 1.0},
+        {"image": image, "instruction": "Count the shapes .", "answer": "two", "loss_weight": 2.0},
+    ]
+    batch = collator.train_batch(items)
+    tokenizer = processor.tokenizer
+    for row, item in enumerate(items):
+        labelled = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX].tolist()
+        expected = tokenizer(" " + item["answer"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        assert labelled == expected
+        # the labelled tokens sit right after the prompt, at the same positions in input_ids
+        positions = (batch["labels"][row] != IGNORE_INDEX).nonzero().flatten()
+        assert batch["input_ids"][row][positions].tolist() == expected
+    assert batch["attention_mask"][1].sum() < batch["attention_mask"][0].sum()  # right padding
+    assert batch["loss_weight"].tolist() == [1.0, 2.0]
+    generation = collator.eval_batch([{**items[0], "uid": "a", "answers": ["x"]},
+                                      {**items[1], "uid": "b", "answers": ["y"]}])
+    assert generation["attention_mask"][1, 0] == 0 and generation["attention_mask"][1, -1] == 1  # left padding
