@@ -27,7 +27,8 @@ Answer with option ' s letter from given choices directly
 Answer question using single word phrase Reply Respond only one Give short answer
 Use just Write caption sentence Provide coordinates as x1 y1 x2 y2 Output box
 Tell me about The shapes It is I see Where Name Count Read digit This shows
-[ ] , . number colours its for which choose pick correct
+[ ] , . number colours its for which choose pick correct picture object written
+region has of Pick Which Tell give There
 """
 CHAT_WORDS = ("USER", "ASSISTANT")
 

@@ -102,33 +102,42 @@ TASKS: dict[str, SyntheticTask] = {
 }
 
 
+BASE_WORDINGS = {
+    "caption": ("Tell me about the image .", "Write a caption .", "Describe the picture ."),
+    "colour": ("What colour is the shape ?", "Which colour is it ?", "Tell me the colour of the shape ."),
+    "shape": ("Name the shape .", "Which shape is it ?", "What is the object ?"),
+    "count": ("Count the shapes .", "How many shapes are there ?", "Tell me the number of shapes ."),
+    "digit": ("Read the digit .", "What number is written ?", "Which digit is in the picture ?"),
+    "where": ("Where is the {colour} shape ?", "Which region has the {colour} shape ?"),
+}
+
+
 def base_sample(rng: random.Random) -> Sample:
-    """One sample of the base-training mixture: the world's attributes asked in free-form wording.
+    """One sample of the base-training mixture: the world's attributes asked in varied wordings with
+    free-form answers.
 
     The base model learns to see (colour, shape, count, digit, position) and to follow varied
     instructions, as LLaVA-1.5 is SFT'd before continual tuning; the tasks' formats (option letter,
     single word, box) are what the stream then teaches.
     """
-    kind = rng.randrange(6)
-    if kind == 0:
+    kind = rng.choice(tuple(BASE_WORDINGS))
+    wording = rng.choice(BASE_WORDINGS[kind])
+    if kind == "caption":
         scene = Scene(sample_shapes(rng, rng.randint(1, 3)))
-        return scene, rng.choice(("Tell me about the image .", "Write a caption .")), caption_of(scene.shapes)
-    if kind == 1:
+        return scene, wording, caption_of(scene.shapes)
+    if kind == "colour":
         scene = Scene(sample_shapes(rng, 1))
-        s = scene.shapes[0]
-        return scene, "What colour is the shape ?", f"The shape is {s.colour} ."
-    if kind == 2:
+        return scene, wording, f"The shape is {scene.shapes[0].colour} ."
+    if kind == "shape":
         scene = Scene(sample_shapes(rng, 1))
-        return scene, "Name the shape .", f"It is a {scene.shapes[0].shape} ."
-    if kind == 3:
+        return scene, wording, f"It is a {scene.shapes[0].shape} ."
+    if kind == "count":
         scene = Scene(sample_shapes(rng, rng.randint(1, 4)))
         n = len(scene.shapes)
-        verb = "is" if n == 1 else "are"
-        noun = "shape" if n == 1 else "shapes"
-        return scene, "Count the shapes .", f"There {verb} {NUMBER_WORDS[n]} {noun} ."
-    if kind == 4:
+        return scene, wording, f"There {'is' if n == 1 else 'are'} {NUMBER_WORDS[n]} shape{'' if n == 1 else 's'} ."
+    if kind == "digit":
         scene = sample_digit(rng)
-        return scene, "Read the digit .", f"The number is {scene.digit} ."
+        return scene, wording, f"The number is {scene.digit} ."
     scene = Scene(sample_shapes(rng, rng.randint(2, 3), distinct_colours=True))
     target = rng.choice(scene.shapes)
-    return scene, f"Where is the {target.colour} shape ?", f"It is at the {target.where} ."
+    return scene, wording.format(colour=target.colour), f"It is at the {target.where} ."

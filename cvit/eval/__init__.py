@@ -1,0 +1,1 @@
+"""Evaluation: answer normalisation, per-task scorers and continual-learning metrics."""
