@@ -6,6 +6,7 @@ import random
 from typing import Any
 
 from cvit.callbacks.base import ContinualCallback
+
 from cvit.registry import register_callback
 
 

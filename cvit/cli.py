@@ -60,9 +60,11 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> None:
-    from cvit.model.tiny import save_tiny_llava
-
-    print(save_tiny_llava(args.out_dir, seed=args.seed))
+    if args.family == "qwen2_vl":
+        from cvit.model.tiny_qwen import save_tiny_qwen2vl as save
+    else:
+        from cvit.model.tiny import save_tiny_llava as save
+    print(save(args.out_dir, seed=args.seed))
 
 
 def cmd_make_synthetic(args: argparse.Namespace) -> None:
@@ -76,7 +78,7 @@ def cmd_base_train(args: argparse.Namespace) -> None:
     from cvit.pretrain import base_train
 
     print(base_train(Path(args.model), Path(args.data), Path(args.out), steps=args.steps, lr=args.lr,
-                     batch_size=args.batch_size, seed=args.seed))
+                     batch_size=args.batch_size, seed=args.seed, family=args.family))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -103,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="(re)write a run's report.md and matrix.png")
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
-    tiny = sub.add_parser("tiny-model", help="build the tiny LLaVA offline and save it")
+    tiny = sub.add_parser("tiny-model", help="build a tiny model (LLaVA or Qwen2-VL) offline and save it")
     tiny.add_argument("out_dir")
+    tiny.add_argument("--family", choices=("llava", "qwen2_vl"), default="llava")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_tiny_model)
     synthetic = sub.add_parser("make-synthetic", help="write the synthetic benchmark")
@@ -122,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--lr", type=float, default=1e-3)
     base.add_argument("--batch-size", type=int, default=32)
     base.add_argument("--seed", type=int, default=0)
+    base.add_argument("--family", choices=("llava", "qwen2_vl"), default="llava")
     base.set_defaults(func=cmd_base_train)
     demo = sub.add_parser("demo", help="zero-shot, SeqLoRA and joint on the synthetic stream")
     demo.add_argument("--work", default="work", help="folder for the model, data and runs")

@@ -20,13 +20,21 @@ from transformers import get_cosine_schedule_with_warmup
 
 from cvit.callbacks.base import ContinualCallback
 from cvit.data.collate import IGNORE_INDEX
+from cvit.model.batching import select_rows
 from cvit.model.build import FAMILIES, load_mllm
 from cvit.model.pool import AdapterPool
 
 # A router maps a generation batch to groups: (row indices, context manager that sets the adapters
 # for those rows). Returning one group with a null context is the same as having no router.
 Router = Callable[[dict[str, Any]], list[tuple[list[int], AbstractContextManager]]]
-MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "image_sizes")
+MODEL_INPUTS = (
+    "input_ids", "attention_mask", "pixel_values", "image_grid_thw", "image_sizes", "mm_token_type_ids"
+)
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a collated batch that the model's forward takes."""
+    return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
 
 
 def answer_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -56,19 +64,13 @@ class ContinualModule(L.LightningModule):
             r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
             modules_to_save=[FAMILIES[model_cfg.family].projector] if lora.train_projector else None,
         ))
+        self.model = self.pool.peft  # registered as a submodule: parameters, devices, precision
         self.router: Router | None = None
         self.max_new_tokens = 16  # generation budget; the evaluator sets it per task
-
-    @property
-    def model(self):
-        return self.pool.peft
 
     def set_router(self, router: Router | None) -> None:
         """Install (or remove with None) the inference-time routing; the module owns it."""
         self.router = router
-
-    def model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
 
     def continual_callbacks(self) -> Iterator[ContinualCallback]:
         trainer = self._trainer
@@ -77,7 +79,7 @@ class ContinualModule(L.LightningModule):
                 yield callback
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        outputs = self.model(**self.model_inputs(batch))
+        outputs = self.model(**model_inputs(batch))
         loss = answer_loss(outputs.logits, batch["labels"], batch["loss_weight"])
         self.log("loss/answer", loss, prog_bar=True, batch_size=len(batch["labels"]))
         for callback in self.continual_callbacks():
@@ -101,12 +103,13 @@ class ContinualModule(L.LightningModule):
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], max_new_tokens: int) -> list[str]:
         """Greedy completions (decoded, stripped), one per row of a left-padded batch."""
-        groups = self.router(batch) if self.router is not None else [(list(range(len(batch["input_ids"]))), None)]
+        everything = [(list(range(len(batch["input_ids"]))), None)]
+        groups = self.router(batch) if self.router is not None else everything
         texts: list[str] = [""] * len(batch["input_ids"])
-        inputs = self.model_inputs(batch)
+        inputs = model_inputs(batch)
         tokenizer = self.processor.tokenizer
         for rows, context in groups:
-            sub = {k: v[rows] for k, v in inputs.items()}
+            sub = select_rows(inputs, rows)
             with context if context is not None else nullcontext():
                 out = self.model.generate(
                     **sub, max_new_tokens=max_new_tokens, do_sample=False,

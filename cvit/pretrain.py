@@ -12,27 +12,30 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
-from transformers import AutoProcessor, LlavaForConditionalGeneration, get_cosine_schedule_with_warmup
+from transformers import get_cosine_schedule_with_warmup
 
 from cvit.atomic import atomic_path
 from cvit.data.collate import Collator
 from cvit.data.datasets import TrainSet
 from cvit.data.records import load_train
-from cvit.module import answer_loss
+from cvit.model.build import FAMILIES, load_processor
+from cvit.module import answer_loss, model_inputs
 
 
 def base_train(
     model_dir: Path, data_root: Path, out_dir: Path, steps: int = 1500, lr: float = 1e-3,
-    batch_size: int = 32, seed: int = 0,
+    batch_size: int = 32, seed: int = 0, family: str = "llava",
 ) -> Path:
     """Train `model_dir` on `data_root/base/train.json` for `steps` steps; save to `out_dir` atomically."""
+    import transformers
+
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration.from_pretrained(model_dir)
-    processor = AutoProcessor.from_pretrained(model_dir)
+    model = getattr(transformers, FAMILIES[family].model_class).from_pretrained(model_dir)
+    processor = load_processor(family, model_dir)
     records = load_train(data_root / "base" / "train.json", data_root)
     loader = DataLoader(
         TrainSet(records, (), seed), batch_size=batch_size, shuffle=True, drop_last=True,
-        collate_fn=Collator(processor, "llava", 512).train_batch,
+        collate_fn=Collator(processor, family, 512).train_batch,
         generator=torch.Generator().manual_seed(seed),
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -42,8 +45,7 @@ def base_train(
     step = 0
     while step < steps:
         for batch in loader:
-            outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            pixel_values=batch["pixel_values"])
+            outputs = model(**model_inputs(batch))
             loss = answer_loss(outputs.logits, batch["labels"], batch["loss_weight"])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

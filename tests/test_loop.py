@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from cvit.callbacks.base import ContinualCallback
 from peft import PeftModel
 from transformers import LlavaForConditionalGeneration
 
-from cvit.callbacks.base import ContinualCallback
 from cvit.errors import RunDirError
 from cvit.loop import ContinualRun
 

@@ -4,7 +4,7 @@ import lightning as L
 import torch
 
 from cvit.loop import ContinualRun
-from cvit.module import ContinualModule, answer_loss
+from cvit.module import ContinualModule, answer_loss, model_inputs
 
 
 def test_answer_loss_by_hand():
@@ -36,7 +36,7 @@ def test_short_fit_lowers_the_loss(small_config):
     def loss_now() -> float:
         module.eval()
         with torch.no_grad():
-            out = module.model(**module.model_inputs(batch))
+            out = module.model(**model_inputs(batch))
         return float(answer_loss(out.logits, batch["labels"], batch["loss_weight"]))
 
     before = loss_now()

@@ -10,7 +10,7 @@ import torch
 from cvit.model.prompting import FORMATS
 
 IGNORE_INDEX = -100
-TEXT_KEYS = ("input_ids", "attention_mask")
+TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
 
 class Collator:
@@ -53,6 +53,8 @@ class Collator:
         batch = {k: v for k, v in encoded.items() if k not in TEXT_KEYS}
         batch["input_ids"] = torch.tensor([s + [self.pad_id] * (width - len(s)) for s in sequences])
         batch["attention_mask"] = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences])
+        if "mm_token_type_ids" in encoded:  # Qwen2-VL M-RoPE: 1 on image tokens, 0 elsewhere
+            batch["mm_token_type_ids"] = (batch["input_ids"] == self.processor.image_token_id).long()
         batch["labels"] = torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for lab in labels])
         batch["loss_weight"] = torch.tensor([float(item["loss_weight"]) for item in items])
         return batch

@@ -58,8 +58,11 @@ def _contains(prediction: str, reference: str) -> bool:
 
 
 def _hits(prediction: str, references: Sequence[str], relaxed: bool) -> list[bool]:
+    """Per reference: does the prediction match it? An empty normalised prediction matches nothing
+    (a reference may normalise to "", e.g. "a")."""
     pred = normalize_answer(prediction)
-    return [pred == ref or (relaxed and _contains(pred, ref)) for ref in map(normalize_answer, references)]
+    refs = map(normalize_answer, references)
+    return [bool(pred) and (pred == ref or (relaxed and _contains(pred, ref))) for ref in refs]
 
 
 def vqa_accuracy(prediction: str, references: Sequence[str], relaxed: bool = False) -> float:

@@ -53,7 +53,18 @@ def disable_cpu_repacking(model: torch.nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def load_mllm(family_name: str, path: str, quantization: str, compute_dtype: str, gradient_checkpointing: bool):
+def load_processor(family_name: str, path: str | Path):
+    """The family's processor from a local folder (Qwen2-VL's stock one needs torchvision)."""
+    if family_name == "qwen2_vl":
+        from cvit.model.qwen_processor import load_qwen2vl_processor
+
+        return load_qwen2vl_processor(path)
+    return AutoProcessor.from_pretrained(path)
+
+
+def load_mllm(
+    family_name: str, path: str, quantization: str, compute_dtype: str, gradient_checkpointing: bool
+):
     """(model, processor) from a local folder; quantized models are prepared for k-bit training."""
     import transformers
 
@@ -65,7 +76,7 @@ def load_mllm(family_name: str, path: str, quantization: str, compute_dtype: str
     model = model_class.from_pretrained(
         path, dtype=dtype, quantization_config=quantization_config(quantization, dtype, family)
     )
-    processor = AutoProcessor.from_pretrained(path)
+    processor = load_processor(family_name, path)
     if quantization != "none":
         from peft import prepare_model_for_kbit_training
 

@@ -1,0 +1,125 @@
+"""Continual-learning metrics of an accuracy matrix, and reading matrices from JSON files.
+
+`matrix[j][i]` is the score on task i after training task j (T rows = T tasks trained). Row j holds at
+least j + 1 entries; entries past the diagonal are not-yet-trained tasks, used only by FWT.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+from cvit.errors import DataError
+
+METRIC_LABELS = {
+    "last": "Last (ACC)", "maa": "MAA", "bwt": "BWT", "forgetting": "Forgetting", "new_acc": "New.ACC",
+    "fwt": "FWT",
+}
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{where}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _validated(matrix: Any) -> list[list[float]]:
+    if not isinstance(matrix, list) or not matrix:
+        raise ValueError(f"accuracy matrix must be a non-empty list of rows, got {matrix!r}")
+    rows = []
+    for j, row in enumerate(matrix):
+        if not isinstance(row, list):
+            raise ValueError(f"matrix row {j}: expected a list of numbers, got {row!r}")
+        if len(row) < j + 1:
+            raise ValueError(f"matrix row {j} has {len(row)} entries, needs at least {j + 1} (tasks 0..{j})")
+        rows.append([_number(value, f"matrix row {j}, entry {i}") for i, value in enumerate(row)])
+    return rows
+
+
+def continual_metrics(
+    matrix: list[list[float]], reference: list[float] | None = None
+) -> dict[str, float | None]:
+    """Metrics in the matrix's own scale, T = number of rows:
+    last = mean_i A[T-1][i]; maa = mean_j mean_{i<=j} A[j][i]; new_acc = mean_i A[i][i];
+    bwt = mean_{i<T-1} (A[T-1][i] - A[i][i]); forgetting = mean_{i<T-1} (max_{i<=j<T-1} A[j][i] - A[T-1][i])
+    (both None when T == 1; BWT divides by T-1, ProgLoRA's tables by T).
+    With `reference` (T per-task scores, e.g. zero-shot or trained in isolation) also fwt: when every row
+    j < T-1 holds task j+1, the GEM form mean_{0<i<T} (A[i-1][i] - reference[i]); otherwise (triangular
+    rows, or T == 1) ProgLoRA's form mean_i (A[i][i] - reference[i]).
+    ValueError: an empty matrix, a row j shorter than j+1, a non-number, or a reference not of T numbers."""
+    rows = _validated(matrix)
+    size = len(rows)
+    last = rows[-1][:size]
+    diagonal = [rows[i][i] for i in range(size)]
+    earlier = range(size - 1)
+    metrics: dict[str, float | None] = {
+        "last": fmean(last),
+        "maa": fmean(fmean(row[: j + 1]) for j, row in enumerate(rows)),
+        "bwt": fmean(last[i] - diagonal[i] for i in earlier) if size > 1 else None,
+        "forgetting": fmean(max(rows[j][i] for j in range(i, size - 1)) - last[i] for i in earlier)
+        if size > 1 else None,
+        "new_acc": fmean(diagonal),
+    }
+    if reference is not None:
+        if not isinstance(reference, list) or len(reference) != size:
+            raise ValueError(f"reference must be a list of {size} scores (one per task), got {reference!r}")
+        ref = [_number(value, f"reference entry {i}") for i, value in enumerate(reference)]
+        if size > 1 and all(len(rows[j]) > j + 1 for j in earlier):
+            metrics["fwt"] = fmean(rows[i - 1][i] - ref[i] for i in range(1, size))
+        else:
+            metrics["fwt"] = fmean(diagonal[i] - ref[i] for i in range(size))
+    return metrics
+
+
+def read_matrix_doc(path: str | Path) -> dict[str, Any]:
+    """The JSON object in `path` with a valid "tasks" (list of names) and "matrix" (at most one row per
+    task, row j with j+1 .. len(tasks) numbers; may be empty for a run that has not finished a stage).
+    Raises DataError naming the file (and the line for malformed JSON)."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise DataError(f"{path}: cannot read: {error.strerror or error}") from error
+    except json.JSONDecodeError as error:
+        where = f"line {error.lineno}, column {error.colno}"
+        raise DataError(f"{path}: malformed JSON at {where}: {error.msg}") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: expected a JSON object with keys 'tasks' and 'matrix'")
+    for key in ("tasks", "matrix"):
+        if key not in doc:
+            raise DataError(f"{path}: missing key {key!r}")
+    tasks, matrix = doc["tasks"], doc["matrix"]
+    if not isinstance(tasks, list) or not all(isinstance(task, str) for task in tasks):
+        raise DataError(f"{path}: 'tasks' must be a list of task names")
+    if not isinstance(matrix, list) or len(matrix) > len(tasks):
+        raise DataError(f"{path}: 'matrix' must be a list of at most {len(tasks)} rows (one per task)")
+    try:
+        if matrix:
+            _validated(matrix)
+    except ValueError as error:
+        raise DataError(f"{path}: {error}") from None
+    for j, row in enumerate(matrix):
+        if len(row) > len(tasks):
+            raise DataError(f"{path}: matrix row {j} has {len(row)} entries but there are {len(tasks)} tasks")
+    return doc
+
+
+def load_matrix(path: str | Path) -> tuple[list[str], list[list[float]]]:
+    """(tasks, matrix) from a JSON file {"tasks": [...], "matrix": [[...], ...]}; see `read_matrix_doc`."""
+    doc = read_matrix_doc(path)
+    return doc["tasks"], doc["matrix"]
+
+
+def format_metrics(metrics: dict[str, float | None]) -> str:
+    """An aligned two-column text table, one metric a line, None shown as "-"."""
+    labels = {key: METRIC_LABELS.get(key, key) for key in metrics}
+    width = max(len(label) for label in labels.values())
+    return "\n".join(f"{labels[key]:<{width}}  {format_value(value):>8}" for key, value in metrics.items())
+
+
+def format_value(value: float | None) -> str:
+    """Two decimals, or "-" for None."""
+    return "-" if value is None else f"{value:.2f}"

@@ -1,0 +1,153 @@
+"""A run's human-readable report, report.md plus the heatmap matrix.png, and tables comparing methods."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from cvit.atomic import write_text, write_with
+from cvit.eval.metrics import METRIC_LABELS, continual_metrics, format_value, read_matrix_doc
+
+TABLE_METRICS = ("last", "maa", "bwt", "forgetting", "new_acc")
+
+
+def markdown_table(header: list[str], body: list[list[str]], numeric: bool = True) -> str:
+    """A padded markdown table; the first column left-aligned, the others right-aligned if `numeric`."""
+    widths = [max(len(row[c]) for row in (header, *body)) for c in range(len(header))]
+    right = [numeric and c > 0 for c in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        padded = (c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True))
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|".join("-" * (w + 1) + (":" if r else "-") for w, r in zip(widths, right, strict=True))
+    return "\n".join([line(header), f"|{rule}|", *map(line, body)])
+
+
+def metrics_table(rows: dict[str, dict[str, float | None]]) -> str:
+    """Several methods' metrics side by side: a row per method, columns last, maa, bwt, forgetting,
+    new_acc (two decimals; None or a missing key shown as "-")."""
+    header = ["method", *(METRIC_LABELS[key] for key in TABLE_METRICS)]
+    body = [[name, *(format_value(row.get(key)) for key in TABLE_METRICS)] for name, row in rows.items()]
+    return markdown_table(header, body)
+
+
+def heatmap_figure(
+    tasks: list[str], matrix: list[list[float]], title: str = "", row_labels: list[str] | None = None
+) -> Figure:
+    """Heatmap of matrix[j][i] (row j: after training stage j; column i: task i) on a 0..100 colour
+    scale, every cell annotated, cells past a row's end left blank. Rows are labelled "after <tasks[j]>"
+    unless `row_labels` are given. Drawn on its own Agg canvas, outside pyplot's global state."""
+    if not matrix or any(len(row) > len(tasks) for row in matrix):
+        raise ValueError(f"need 1 or more rows of at most {len(tasks)} scores, got {len(matrix)} rows")
+    labels = row_labels if row_labels is not None else [f"after {task}" for task in tasks[: len(matrix)]]
+    values = np.full((len(matrix), len(tasks)), np.nan)
+    for j, row in enumerate(matrix):
+        values[j, : len(row)] = row
+    figure = Figure(figsize=(2.5 + 0.9 * len(tasks), 1.5 + 0.55 * len(matrix)), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
+    image = axes.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=100, aspect="auto")
+    for (j, i), value in np.ndenumerate(values):
+        if not np.isnan(value):
+            axes.text(i, j, f"{value:.1f}", ha="center", va="center", fontsize=8,
+                      color="white" if value < 60 else "black")
+    axes.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right")
+    axes.set_yticks(range(len(matrix)), labels)
+    axes.set_xlabel("evaluated task")
+    axes.set_title(title)
+    figure.colorbar(image, ax=axes, label="score")
+    return figure
+
+
+def _after(doc: dict[str, Any], count: int) -> list[str]:
+    """Row labels "after <stage>" for the first `count` stages ("stages", else "stream", else "tasks")."""
+    stages = doc.get("stages") or doc.get("stream") or doc["tasks"]
+    return [f"after {stage}" for stage in stages[:count]]
+
+
+def _score_table(columns: list[str], labels: list[str], rows: list[list[float]]) -> str:
+    body = [[label, *map(format_value, row), *[""] * (len(columns) - len(row))]
+            for label, row in zip(labels, rows, strict=True)]
+    return markdown_table(["", *columns], body)
+
+
+def _metrics_lines(doc: dict[str, Any]) -> list[str]:
+    matrix, mode = doc["matrix"], doc.get("mode", "sequential")
+    if mode == "sequential":
+        metrics = continual_metrics(matrix)
+        note = "BWT and Forgetting are divided by T-1, the tasks before the last (ProgLoRA divides BWT by T)."
+    else:
+        metrics = {"last": fmean(matrix[-1])}
+        note = f"A single-stage {mode} run: only Last is defined."
+    body = [[METRIC_LABELS.get(key, key), format_value(value)] for key, value in metrics.items()]
+    return ["## Continual metrics", "", markdown_table(["metric", "value"], body), "", note, ""]
+
+
+def _scorer_lines(doc: dict[str, Any]) -> list[str]:
+    scorers = doc.get("scorers") or {}
+    if not scorers:
+        return []
+    table = markdown_table(["task", "scorer"], [list(item) for item in scorers.items()], numeric=False)
+    relaxed = ["Relaxed matching is on for vqa, exact and classification.", ""] if doc.get("relaxed") else []
+    return ["## Scorers", "", table, "", *relaxed]
+
+
+def _unseen_lines(doc: dict[str, Any]) -> list[str]:
+    tasks, rows = doc.get("unseen_tasks") or [], doc.get("unseen") or []
+    if not tasks or not any(rows):
+        return []
+    return ["## Unseen tasks", "", _score_table(tasks, _after(doc, len(rows)), rows), ""]
+
+
+def _details_lines(doc: dict[str, Any]) -> list[str]:
+    lines = []
+    for task, stages in (doc.get("details") or {}).items():
+        stage, scores = list(stages.items())[-1]
+        extra = ", ".join(f"{key} {value:.2f}" for key, value in scores.items() if key != "score")
+        if extra:
+            lines.append(f"- {task} (after {stage}): {extra}")
+    return ["## Scorer outputs at the latest evaluation", "", *lines, ""] if lines else []
+
+
+def report_markdown(doc: dict[str, Any], image: str | None) -> str:
+    """report.md's text for a matrix.json document; `image` is the heatmap's file name, if drawn."""
+    tasks, matrix = doc["tasks"], doc["matrix"]
+    total = len(doc.get("stages") or doc.get("stream") or tasks)
+    progress = f"{len(matrix)} of {total} stages completed" + (" (an incomplete run)" * (len(matrix) < total))
+    lines = [
+        f"# {doc.get('method', 'unknown method')} on {doc.get('benchmark', 'unknown benchmark')}", "",
+        f"{progress}. Scores are 0-100 (caption tasks: CIDEr x100, which can exceed 100).", "",
+    ]
+    if matrix:
+        lines += ["## Accuracy matrix", "", "Row: after training that stage; column: evaluated task.", ""]
+        lines += [_score_table(tasks, _after(doc, len(matrix)), matrix), ""]
+        lines += [f"![accuracy matrix]({image})", ""] if image else []
+        lines += _metrics_lines(doc)
+    else:
+        lines += ["No stage has completed yet.", ""]
+    lines += _scorer_lines(doc) + _unseen_lines(doc) + _details_lines(doc)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write run_dir/report.md and (once a stage is done) run_dir/matrix.png from run_dir/matrix.json,
+    each atomically; return the report's path. DataError if matrix.json is missing or invalid."""
+    run_dir = Path(run_dir)
+    doc = read_matrix_doc(run_dir / "matrix.json")
+    image = None
+    if doc["matrix"]:
+        title = f"{doc.get('method', '')} on {doc.get('benchmark', '')}"
+        figure = heatmap_figure(doc["tasks"], doc["matrix"], title, _after(doc, len(doc["matrix"])))
+        image = "matrix.png"
+        write_with(run_dir / image, lambda path: figure.savefig(path, format="png", dpi=120))
+    report = run_dir / "report.md"
+    write_text(report, report_markdown(doc, image))
+    return report
