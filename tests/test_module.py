@@ -11,7 +11,9 @@ def test_answer_loss_by_hand():
     logits = torch.tensor([[[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])  # B=1, L=3, V=2
     labels = torch.tensor([[-100, 1, 0]])
     # position 0 predicts label[1]=1 from [2, 0]; position 1 predicts label[2]=0 from [0, 1]
-    expected = (-torch.log_softmax(torch.tensor([2.0, 0.0]), 0)[1] - torch.log_softmax(torch.tensor([0.0, 1.0]), 0)[0]) / 2
+    first = -torch.log_softmax(torch.tensor([2.0, 0.0]), 0)[1]
+    second = -torch.log_softmax(torch.tensor([0.0, 1.0]), 0)[0]
+    expected = (first + second) / 2
     assert torch.allclose(answer_loss(logits, labels, torch.tensor([1.0])), expected)
     assert torch.allclose(answer_loss(logits, labels, torch.tensor([3.0])), 3 * expected)
 
