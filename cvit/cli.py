@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import warnings
 from pathlib import Path
 
 from cvit.errors import CvitError
@@ -42,14 +44,14 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 
 def cmd_metrics(args: argparse.Namespace) -> None:
-    from cvit.eval.metrics import continual_metrics, format_metrics, load_matrix
+    from cvit.eval.metrics import continual_metrics, format_metrics, load_matrix, read_matrix_doc, run_metrics
 
-    _, matrix = load_matrix(args.matrix)
-    reference = None
+    doc = read_matrix_doc(args.matrix)
     if args.reference:
         _, rows = load_matrix(args.reference)
-        reference = rows[-1]
-    metrics = continual_metrics(matrix, reference)
+        metrics = continual_metrics(doc["matrix"], rows[-1])
+    else:
+        metrics = run_metrics(doc)  # a run's single-stage (joint, zero-shot) matrix has only `last`
     print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics))
 
 
@@ -134,8 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries() -> None:
+    """Keep progress bars and results on screen; drop the libraries' per-fit banners and tips."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_libraries()
     try:
         args.func(args)
     except CvitError as err:

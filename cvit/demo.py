@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from cvit.config import load_config
-from cvit.eval.metrics import continual_metrics
+from cvit.eval.metrics import run_metrics
 from cvit.loop import ContinualRun
 from cvit.model.tiny import save_tiny_llava
 from cvit.pretrain import base_train
@@ -53,18 +53,10 @@ def run_demo(work: Path, configs: Path) -> None:
     for method in METHODS:
         run_dir = run_method(method, work, configs, data, model)
         doc = RunDirectory(run_dir).load_matrix()
-        rows[method] = summary_metrics(doc)
+        rows[method] = run_metrics(doc)
         reports[method] = run_dir / "report.md"
     print("\nContinual metrics on the synthetic stream (scores 0-100):")
     print(metrics_table(rows))
     for method, path in reports.items():
         print(f"  {method:<9} report: {path}")
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
-
-
-def summary_metrics(doc: dict) -> dict[str, float | None]:
-    """Continual metrics for a sequential run; for single-stage runs (zero-shot, joint) only `last`."""
-    if doc["mode"] == "sequential":
-        return continual_metrics(doc["matrix"])
-    row = doc["matrix"][-1]
-    return {"last": sum(row) / len(row), "maa": None, "bwt": None, "forgetting": None, "new_acc": None}

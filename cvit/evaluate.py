@@ -33,7 +33,7 @@ def evaluate_task(
     references = [list(record.answers) for record in test_set.records]
     scorer = get_scorer(task.scorer, relaxed=relaxed)
     scores = scorer.score(texts, references)
-    items = scorer.item_scores(texts, references) if task.scorer != "caption" else [None] * len(texts)
+    items = scorer.item_scores(texts, references)
     predictions = [
         {"question_id": record.uid, "prediction": text, "answers": list(record.answers), "score": item}
         for record, text, item in zip(test_set.records, texts, items, strict=True)

@@ -78,6 +78,10 @@ class ContinualModule(L.LightningModule):
             if isinstance(callback, ContinualCallback):
                 yield callback
 
+    def on_fit_start(self) -> None:
+        """Train mode for every submodule: models load in eval mode and evaluation leaves them there."""
+        self.train()
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         outputs = self.model(**model_inputs(batch))
         loss = answer_loss(outputs.logits, batch["labels"], batch["loss_weight"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from statistics import fmean
 from typing import Any
 
 import matplotlib
@@ -12,7 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cvit.atomic import write_text, write_with
-from cvit.eval.metrics import METRIC_LABELS, continual_metrics, format_value, read_matrix_doc
+from cvit.eval.metrics import METRIC_LABELS, format_value, read_matrix_doc, run_metrics
 
 TABLE_METRICS = ("last", "maa", "bwt", "forgetting", "new_acc")
 
@@ -80,12 +79,11 @@ def _score_table(columns: list[str], labels: list[str], rows: list[list[float]])
 
 
 def _metrics_lines(doc: dict[str, Any]) -> list[str]:
-    matrix, mode = doc["matrix"], doc.get("mode", "sequential")
+    mode = doc.get("mode", "sequential")
+    metrics = {key: value for key, value in run_metrics(doc).items() if value is not None}
     if mode == "sequential":
-        metrics = continual_metrics(matrix)
         note = "BWT and Forgetting are divided by T-1, the tasks before the last (ProgLoRA divides BWT by T)."
     else:
-        metrics = {"last": fmean(matrix[-1])}
         note = f"A single-stage {mode} run: only Last is defined."
     body = [[METRIC_LABELS.get(key, key), format_value(value)] for key, value in metrics.items()]
     return ["## Continual metrics", "", markdown_table(["metric", "value"], body), "", note, ""]

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
-from cvit.eval.metrics import continual_metrics
+from cvit.eval.metrics import run_metrics
 from cvit.report import heatmap_figure
 
 
@@ -22,10 +22,9 @@ class ContinualBoard:
             self.writer.add_scalar(f"score/{task}", score, index)
         for task, score in zip(doc["unseen_tasks"], doc["unseen"][index], strict=False):
             self.writer.add_scalar(f"unseen/{task}", score, index)
-        if doc["mode"] == "sequential":
-            for key, value in continual_metrics(doc["matrix"]).items():
-                if value is not None:
-                    self.writer.add_scalar(f"metrics/{key}", value, index)
+        for key, value in run_metrics(doc).items():
+            if value is not None:
+                self.writer.add_scalar(f"metrics/{key}", value, index)
         self.writer.add_figure("matrix", heatmap_figure(tasks, doc["matrix"]), index)
         self.writer.flush()
 

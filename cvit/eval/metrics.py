@@ -113,6 +113,14 @@ def load_matrix(path: str | Path) -> tuple[list[str], list[list[float]]]:
     return doc["tasks"], doc["matrix"]
 
 
+def run_metrics(doc: dict[str, Any]) -> dict[str, float | None]:
+    """Metrics of a run's matrix.json document: the continual metrics for a sequential run; for a
+    single-stage run (zero-shot, joint), whose one row scores every task, only `last` is defined."""
+    if doc.get("mode", "sequential") == "sequential":
+        return continual_metrics(doc["matrix"])
+    return {"last": fmean(doc["matrix"][-1]), "maa": None, "bwt": None, "forgetting": None, "new_acc": None}
+
+
 def format_metrics(metrics: dict[str, float | None]) -> str:
     """An aligned two-column text table, one metric a line, None shown as "-"."""
     labels = {key: METRIC_LABELS.get(key, key) for key in metrics}
