@@ -41,6 +41,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
         kind = "unseen" if task.unseen else f"stage {task.index}"
         print(f"  {task.name:<16} {kind:<9} train {train:>6}  test {test:>5}  scorer {task.scorer}")
     print(f"  callbacks: {', '.join(run.callbacks) or 'none'}")
+    print(f"  images: {run.datamodule.verify_images()} records' images decode")
 
 
 def cmd_metrics(args: argparse.Namespace) -> None:
@@ -79,8 +80,8 @@ def cmd_make_synthetic(args: argparse.Namespace) -> None:
 def cmd_base_train(args: argparse.Namespace) -> None:
     from cvit.pretrain import base_train
 
-    print(base_train(Path(args.model), Path(args.data), Path(args.out), steps=args.steps, lr=args.lr,
-                     batch_size=args.batch_size, seed=args.seed, family=args.family))
+    options = {k: v for k, v in vars(args).items() if k in ("steps", "lr", "batch_size", "seed") and v is not None}
+    print(base_train(Path(args.model), Path(args.data), Path(args.out), family=args.family, **options))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -90,6 +91,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cvit.synthetic.writer import SyntheticSizes
+
     parser = argparse.ArgumentParser(prog="cvit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="run a continual experiment")
@@ -114,19 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(func=cmd_tiny_model)
     synthetic = sub.add_parser("make-synthetic", help="write the synthetic benchmark")
     synthetic.add_argument("out_dir")
-    synthetic.add_argument("--train", type=int, default=2000, help="training records per task")
-    synthetic.add_argument("--test", type=int, default=100, help="test records per task")
-    synthetic.add_argument("--base", type=int, default=16000, help="records of the base-training mixture")
-    synthetic.add_argument("--seed", type=int, default=0)
+    defaults = SyntheticSizes()
+    synthetic.add_argument("--train", type=int, default=defaults.train, help="training records per task")
+    synthetic.add_argument("--test", type=int, default=defaults.test, help="test records per task")
+    synthetic.add_argument("--base", type=int, default=defaults.base, help="records of the base-training mixture")
+    synthetic.add_argument("--seed", type=int, default=defaults.seed)
     synthetic.set_defaults(func=cmd_make_synthetic)
     base = sub.add_parser("base-train", help="base-train the tiny model on the synthetic base mixture")
     base.add_argument("--model", required=True, help="tiny model folder")
     base.add_argument("--data", required=True, help="synthetic benchmark root")
     base.add_argument("--out", required=True, help="output model folder")
-    base.add_argument("--steps", type=int, default=1500)
-    base.add_argument("--lr", type=float, default=1e-3)
-    base.add_argument("--batch-size", type=int, default=32)
-    base.add_argument("--seed", type=int, default=0)
+    base.add_argument("--steps", type=int, help="optimizer steps (default: base_train's)")
+    base.add_argument("--lr", type=float)
+    base.add_argument("--batch-size", type=int)
+    base.add_argument("--seed", type=int)
     base.add_argument("--family", choices=("llava", "qwen2_vl"), default="llava")
     base.set_defaults(func=cmd_base_train)
     demo = sub.add_parser("demo", help="zero-shot, SeqLoRA and joint on the synthetic stream")
@@ -138,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def quiet_libraries() -> None:
     """Keep progress bars and results on screen; drop the libraries' per-fit banners and tips."""
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    # child loggers: Lightning resets the level of "lightning.pytorch" itself when it is imported
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")

@@ -85,8 +85,13 @@ def _metrics_lines(doc: dict[str, Any]) -> list[str]:
         note = "BWT and Forgetting are divided by T-1, the tasks before the last (ProgLoRA divides BWT by T)."
     else:
         note = f"A single-stage {mode} run: only Last is defined."
-    body = [[METRIC_LABELS.get(key, key), format_value(value)] for key, value in metrics.items()]
-    return ["## Continual metrics", "", markdown_table(["metric", "value"], body), "", note, ""]
+    header = ["metric", "all tasks"]
+    columns = [metrics]
+    if "caption" in (doc.get("scorers") or {}).values():
+        header.append("without captions")
+        columns.append(run_metrics(doc, ("caption",)))
+    body = [[METRIC_LABELS.get(key, key), *(format_value(c.get(key)) for c in columns)] for key in metrics]
+    return ["## Continual metrics", "", markdown_table(header, body), "", note, ""]
 
 
 def _scorer_lines(doc: dict[str, Any]) -> list[str]:

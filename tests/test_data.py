@@ -48,6 +48,15 @@ def test_unreadable_image_names_the_file(broken_root):
         TrainSet(records, (), 0)[0]
 
 
+def test_validate_finds_unreadable_images_before_training(small_config, broken_root):
+    (broken_root / "images" / "count_vqa" / "test_1.png").write_bytes(b"\x89PNG broken")
+    cfg, sources = small_config(f"benchmark.root={broken_root}")
+    run = ContinualRun(cfg, sources)
+    run.prepare()
+    with pytest.raises(DataError, match=r"1 unreadable image\(s\):\n  record count_vqa-test-1: .*test_1\.png"):
+        run.datamodule.verify_images()
+
+
 def test_empty_task(broken_root):
     (broken_root / "digit_ocr" / "train.json").write_text("[]")
     with pytest.raises(DataError, match=r"digit_ocr/train\.json: no records"):

@@ -12,12 +12,14 @@ from collections.abc import Sequence
 
 import lightning as L
 import torch
+from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from cvit.data.collate import Collator
 from cvit.data.datasets import TestSet, TrainSet, pick_template
 from cvit.data.records import TestRecord, TrainRecord, load_test, load_train
 from cvit.data.stream import Task
+from cvit.errors import DataError
 from cvit.model.prompting import instruction_text
 
 
@@ -51,6 +53,22 @@ class ContinualDataModule(L.LightningDataModule):
     @property
     def tasks(self) -> dict[str, Task]:
         return {t.name: t for t in self.stream + self.unseen}
+
+    def verify_images(self) -> int:
+        """Decode-check every referenced image (slow on big roots; `cvit validate` does it).
+        Returns the number checked; DataError listing up to 10 unreadable files otherwise."""
+        records = [r for rs in self.train_records.values() for r in rs]
+        records += [r for rs in self.test_records.values() for r in rs]
+        bad = []
+        for record in records:
+            try:
+                with Image.open(record.image) as image:
+                    image.verify()
+            except OSError as err:
+                bad.append(f"record {record.uid}: {record.image}: {err}")
+        if bad:
+            raise DataError(f"{len(bad)} unreadable image(s):\n  " + "\n  ".join(bad[:10]))
+        return len(records)
 
     def attach_collator(self, collator: Collator) -> None:
         self.collator = collator

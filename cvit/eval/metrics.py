@@ -40,7 +40,7 @@ def _validated(matrix: Any) -> list[list[float]]:
 
 
 def continual_metrics(
-    matrix: list[list[float]], reference: list[float] | None = None
+    matrix: list[list[float]], reference: list[float] | None = None, columns: list[int] | None = None
 ) -> dict[str, float | None]:
     """Metrics in the matrix's own scale, T = number of rows:
     last = mean_i A[T-1][i]; maa = mean_j mean_{i<=j} A[j][i]; new_acc = mean_i A[i][i];
@@ -49,28 +49,34 @@ def continual_metrics(
     With `reference` (T per-task scores, e.g. zero-shot or trained in isolation) also fwt: when every row
     j < T-1 holds task j+1, the GEM form mean_{0<i<T} (A[i-1][i] - reference[i]); otherwise (triangular
     rows, or T == 1) ProgLoRA's form mean_i (A[i][i] - reference[i]).
+    `columns` restricts every mean to those tasks (e.g. all but captions, whose CIDEr has another
+    scale); stages stay as they are, and a stage with no selected task seen is left out of maa.
     ValueError: an empty matrix, a row j shorter than j+1, a non-number, or a reference not of T numbers."""
     rows = _validated(matrix)
     size = len(rows)
+    kept = sorted(set(range(size) if columns is None else columns))
+    if not kept or not all(0 <= i < size for i in kept):
+        raise ValueError(f"columns must be task indices in 0..{size - 1}, got {columns!r}")
     last = rows[-1][:size]
     diagonal = [rows[i][i] for i in range(size)]
-    earlier = range(size - 1)
+    earlier = [i for i in kept if i < size - 1]
+    seen_per_stage = [[row[i] for i in kept if i <= j] for j, row in enumerate(rows)]
     metrics: dict[str, float | None] = {
-        "last": fmean(last),
-        "maa": fmean(fmean(row[: j + 1]) for j, row in enumerate(rows)),
-        "bwt": fmean(last[i] - diagonal[i] for i in earlier) if size > 1 else None,
+        "last": fmean(last[i] for i in kept),
+        "maa": fmean(fmean(seen) for seen in seen_per_stage if seen),
+        "bwt": fmean(last[i] - diagonal[i] for i in earlier) if earlier else None,
         "forgetting": fmean(max(rows[j][i] for j in range(i, size - 1)) - last[i] for i in earlier)
-        if size > 1 else None,
-        "new_acc": fmean(diagonal),
+        if earlier else None,
+        "new_acc": fmean(diagonal[i] for i in kept),
     }
     if reference is not None:
         if not isinstance(reference, list) or len(reference) != size:
             raise ValueError(f"reference must be a list of {size} scores (one per task), got {reference!r}")
         ref = [_number(value, f"reference entry {i}") for i, value in enumerate(reference)]
-        if size > 1 and all(len(rows[j]) > j + 1 for j in earlier):
-            metrics["fwt"] = fmean(rows[i - 1][i] - ref[i] for i in range(1, size))
+        if size > 1 and all(len(rows[j]) > j + 1 for j in range(size - 1)):
+            metrics["fwt"] = fmean(rows[i - 1][i] - ref[i] for i in kept if i > 0) if kept != [0] else None
         else:
-            metrics["fwt"] = fmean(diagonal[i] - ref[i] for i in range(size))
+            metrics["fwt"] = fmean(diagonal[i] - ref[i] for i in kept)
     return metrics
 
 
@@ -113,12 +119,16 @@ def load_matrix(path: str | Path) -> tuple[list[str], list[list[float]]]:
     return doc["tasks"], doc["matrix"]
 
 
-def run_metrics(doc: dict[str, Any]) -> dict[str, float | None]:
+def run_metrics(doc: dict[str, Any], exclude_scorers: tuple[str, ...] = ()) -> dict[str, float | None]:
     """Metrics of a run's matrix.json document: the continual metrics for a sequential run; for a
-    single-stage run (zero-shot, joint), whose one row scores every task, only `last` is defined."""
+    single-stage run (zero-shot, joint), whose one row scores every task, only `last` is defined.
+    `exclude_scorers` leaves out tasks scored that way (e.g. ("caption",): CIDEr x100 is not 0-100)."""
+    scorers = doc.get("scorers", {})
+    columns = [i for i, task in enumerate(doc["tasks"]) if scorers.get(task) not in exclude_scorers]
     if doc.get("mode", "sequential") == "sequential":
-        return continual_metrics(doc["matrix"])
-    return {"last": fmean(doc["matrix"][-1]), "maa": None, "bwt": None, "forgetting": None, "new_acc": None}
+        return continual_metrics(doc["matrix"], columns=[i for i in columns if i < len(doc["matrix"])])
+    row = doc["matrix"][-1]
+    return {"last": fmean(row[i] for i in columns), "maa": None, "bwt": None, "forgetting": None, "new_acc": None}
 
 
 def format_metrics(metrics: dict[str, float | None]) -> str:

@@ -21,7 +21,7 @@ from cvit.synthetic.tasks import TASKS, Sample, base_sample
 
 @dataclass(frozen=True)
 class SyntheticSizes:
-    train: int = 2000
+    train: int = 6400
     test: int = 100
     base: int = 16000
     seed: int = 0
