@@ -80,7 +80,7 @@ def _score_table(columns: list[str], labels: list[str], rows: list[list[float]])
 
 def _metrics_lines(doc: dict[str, Any]) -> list[str]:
     mode = doc.get("mode", "sequential")
-    metrics = {key: value for key, value in run_metrics(doc).items() if value is not None}
+    metrics = run_metrics(doc)
     if mode == "sequential":
         note = "BWT and Forgetting are divided by T-1, the tasks before the last (ProgLoRA divides BWT by T)."
     else:

@@ -41,11 +41,13 @@ def test_write_report(tmp_path):
     assert "2 of 2 stages completed." in text and "0-100" in text and "T-1" in text
     assert table_row(text, "after t1") == ["after t1", "80.00", ""]
     assert table_row(text, "after t2") == ["after t2", "60.00", "90.00"]
-    # last = (60 + 90) / 2 = 75; bwt = 60 - 80 = -20; forgetting = 80 - 60 = 20; maa = (80 + 75) / 2
-    assert table_row(text, "Last (ACC)") == ["Last (ACC)", "75.00"]
-    assert table_row(text, "BWT") == ["BWT", "-20.00"]
-    assert table_row(text, "Forgetting") == ["Forgetting", "20.00"]
-    assert table_row(text, "MAA") == ["MAA", "77.50"]
+    # all tasks: last = (60 + 90) / 2 = 75; bwt = 60 - 80 = -20; forgetting = 80 - 60 = 20; maa = (80 + 75) / 2
+    # without the caption task t2: last = 60; bwt and forgetting as above; maa = (80 + 60) / 2 = 70
+    assert table_row(text, "metric") == ["metric", "all tasks", "without captions"]
+    assert table_row(text, "Last (ACC)") == ["Last (ACC)", "75.00", "60.00"]
+    assert table_row(text, "BWT") == ["BWT", "-20.00", "-20.00"]
+    assert table_row(text, "Forgetting") == ["Forgetting", "20.00", "20.00"]
+    assert table_row(text, "MAA") == ["MAA", "77.50", "70.00"]
     assert table_row(text, "t1") == ["t1", "choice"] and table_row(text, "t2") == ["t2", "caption"]
     unseen = text.split("## Unseen tasks")[1]
     assert table_row(unseen, "") == ["", "u1"]
@@ -88,7 +90,7 @@ def test_single_stage_joint_run(tmp_path):
     text = write_report(tmp_path).read_text()
     assert table_row(text, "after joint") == ["after joint", "40.00", "70.00"]
     assert table_row(text, "Last (ACC)") == ["Last (ACC)", "55.00"]
-    assert "BWT" not in text
+    assert table_row(text, "BWT") == ["BWT", "-"]  # undefined for a single stage
 
 
 def test_missing_or_invalid_matrix_json(tmp_path):
