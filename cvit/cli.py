@@ -23,7 +23,14 @@ def cmd_fit(args: argparse.Namespace) -> None:
     from cvit.loop import ContinualRun
 
     cfg, sources = load_config(args.config, args.overrides)
-    run_dir = ContinualRun(cfg, sources, args.resume).run(resume=args.resume is not None)
+    run = ContinualRun(cfg, sources, args.resume)
+    try:
+        run_dir = run.run(resume=args.resume is not None)
+    except (KeyboardInterrupt, SystemExit):
+        if (run.run_dir.path / "config.yaml").is_file():
+            print(f"\ninterrupted: completed tasks are saved in {run.run_dir.path}; continue with the same "
+                  f"arguments and --resume {run.run_dir.path}", file=sys.stderr)
+        raise
     print(f"run directory: {run_dir}\nreport: {run_dir / 'report.md'}")
 
 
@@ -148,6 +155,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,7 +72,6 @@ class ContinualRun:
 
     def run(self, resume: bool = False) -> Path:
         """Run (or continue) the experiment; returns the run directory."""
-        from cvit.module import ContinualModule
         from cvit.report import write_report
 
         self.prepare()
@@ -82,10 +81,7 @@ class ContinualRun:
         else:
             self.run_dir.create(config_yaml)
         doc = self.run_dir.load_matrix() or self.empty_matrix()
-        self.module = ContinualModule(self.cfg.model, self.cfg.train)
-        self.datamodule.attach_collator(
-            Collator(self.module.processor, self.cfg.model.family, self.cfg.model.max_length)
-        )
+        self.load_model()
         start = doc["completed"]
         if start:
             self.restore(start - 1)
@@ -98,6 +94,15 @@ class ContinualRun:
         finally:
             board.close()
         return self.run_dir.path
+
+    def load_model(self) -> None:
+        """Build the module (loads the model) and give the DataModule its processor's collator."""
+        from cvit.module import ContinualModule
+
+        self.module = ContinualModule(self.cfg.model, self.cfg.train)
+        self.datamodule.attach_collator(
+            Collator(self.module.processor, self.cfg.model.family, self.cfg.model.max_length)
+        )
 
     def empty_matrix(self) -> dict[str, Any]:
         cfg = self.cfg

@@ -88,7 +88,7 @@ def test_instructions_follow_the_template_variant(small_config):
     cfg, sources = small_config("benchmark.templates=multi")
     run = ContinualRun(cfg, sources)
     run.prepare()
-    task = run.stream[1]
+    task = run.datamodule.tasks["count_vqa"]
     texts = [run.datamodule.train_set(task)[i]["instruction"] for i in range(32)]
     templates = set(task.templates)
     assert len(templates) == 3

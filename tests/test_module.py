@@ -4,7 +4,7 @@ import lightning as L
 import torch
 
 from cvit.loop import ContinualRun
-from cvit.module import ContinualModule, answer_loss, model_inputs
+from cvit.module import answer_loss, model_inputs
 
 
 def test_answer_loss_by_hand():
@@ -22,11 +22,8 @@ def prepared(small_config, *overrides):
     cfg, sources = small_config(*overrides)
     run = ContinualRun(cfg, sources)
     run.prepare()
-    module = ContinualModule(cfg.model, cfg.train)
-    from cvit.data.collate import Collator
-
-    run.datamodule.attach_collator(Collator(module.processor, "llava", 512))
-    return run, module
+    run.load_model()
+    return run, run.module
 
 
 def test_short_fit_lowers_the_loss(small_config):
@@ -56,7 +53,7 @@ def test_batched_generation_equals_one_by_one(small_config):
     run, module = prepared(small_config)
     module.eval()
     dm = run.datamodule
-    for task in (run.stream[1], run.stream[5]):  # short answers and captions (different lengths)
+    for task in (dm.tasks["count_vqa"], dm.tasks["caption"]):  # short answers and captions
         batch = next(iter(dm.test_dataloader(task)))
         batched = module.generate(batch, 12)
         singles = []
@@ -73,7 +70,7 @@ def test_router_splits_batches_into_groups(small_config):
     run, module = prepared(small_config)
     module.eval()
     dm = run.datamodule
-    batch = next(iter(dm.test_dataloader(run.stream[1])))
+    batch = next(iter(dm.test_dataloader(dm.tasks["count_vqa"])))
     plain = module.generate(batch, 4)
     seen = []
 

@@ -6,19 +6,13 @@ import bitsandbytes as bnb
 import pytest
 import torch
 
-from cvit.data.collate import Collator
-from cvit.loop import ContinualRun
-from cvit.module import ContinualModule, answer_loss, model_inputs
+from cvit.module import answer_loss, model_inputs
+from tests.test_module import prepared
 
 
 @pytest.fixture
 def qlora(small_config):
-    cfg, sources = small_config("model.quantization=nf4")
-    run = ContinualRun(cfg, sources)
-    run.prepare()
-    module = ContinualModule(cfg.model, cfg.train)
-    run.datamodule.attach_collator(Collator(module.processor, "llava", 512))
-    return run, module
+    return prepared(small_config, "model.quantization=nf4")
 
 
 def test_language_model_is_4bit_and_vision_projector_are_not(qlora):
@@ -31,7 +25,7 @@ def test_language_model_is_4bit_and_vision_projector_are_not(qlora):
 def test_lora_gradients_survive_a_validation_pass(qlora):
     run, module = qlora
     dm = run.datamodule
-    task = run.stream[1]
+    task = dm.tasks["count_vqa"]
     module.eval()
     module.generate(next(iter(dm.test_dataloader(task))), 3)  # eval-mode, no-grad forward passes
     with torch.no_grad():

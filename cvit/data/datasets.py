@@ -9,7 +9,6 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
-from cvit.data.records import TestRecord, TrainRecord
 from cvit.errors import DataError
 from cvit.model.prompting import instruction_text
 
@@ -30,45 +29,41 @@ def pick_template(templates: tuple[str, ...], seed: int, uid: str) -> str | None
 
 
 @dataclass
-class TrainSet(Dataset):
-    """One task's training records; items are {image, instruction, answer, loss_weight}."""
+class RecordSet(Dataset):
+    """Records of one task with its instruction templates (one drawn per record, seeded)."""
 
-    records: list[TrainRecord]
+    records: list
     templates: tuple[str, ...]
     seed: int
-    loss_weight: float = 1.0
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def common(self, index: int) -> tuple[Any, dict[str, Any]]:
+        """(record, {image, instruction}) for item `index`."""
         record = self.records[index]
         template = pick_template(self.templates, self.seed, record.uid)
-        return {
+        return record, {
             "image": load_image(record.image, record.uid),
             "instruction": instruction_text(record.question, template),
-            "answer": record.answer,
-            "loss_weight": self.loss_weight,
         }
 
 
 @dataclass
-class TestSet(Dataset):
-    """One task's test records; items are {uid, image, instruction, answers}."""
+class TrainSet(RecordSet):
+    """One task's TrainRecords; items are {image, instruction, answer, loss_weight}."""
 
-    records: list[TestRecord]
-    templates: tuple[str, ...]
-    seed: int
-
-    def __len__(self) -> int:
-        return len(self.records)
+    loss_weight: float = 1.0
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        record = self.records[index]
-        template = pick_template(self.templates, self.seed, record.uid)
-        return {
-            "uid": record.uid,
-            "image": load_image(record.image, record.uid),
-            "instruction": instruction_text(record.question, template),
-            "answers": list(record.answers),
-        }
+        record, item = self.common(index)
+        return {**item, "answer": record.answer, "loss_weight": self.loss_weight}
+
+
+@dataclass
+class TestSet(RecordSet):
+    """One task's TestRecords; items are {uid, image, instruction, answers}."""
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record, item = self.common(index)
+        return {**item, "uid": record.uid, "answers": list(record.answers)}

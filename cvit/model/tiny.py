@@ -89,7 +89,11 @@ def build_tiny_llava(seed: int = 0) -> tuple[LlavaForConditionalGeneration, Llav
 
 def save_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
     """Build and save the tiny LLaVA (model + processor) atomically to OUT_DIR."""
-    model, processor = build_tiny_llava(seed)
+    return save_model(out_dir, *build_tiny_llava(seed))
+
+
+def save_model(out_dir: str | Path, model, processor) -> Path:
+    """`save_pretrained` of model and processor into OUT_DIR, atomically."""
     with atomic_path(out_dir) as staged:
         model.save_pretrained(staged)
         processor.save_pretrained(staged)

@@ -20,9 +20,8 @@ from transformers import (
     Qwen2VLVisionConfig,
 )
 
-from cvit.atomic import atomic_path
 from cvit.model.qwen_processor import IMAGE_TOKEN, Qwen2VLImageOnlyProcessor
-from cvit.model.tiny import build_word_tokenizer
+from cvit.model.tiny import build_word_tokenizer, save_model
 from cvit.synthetic.scenes import IMAGE_SIZE
 
 QWEN_SPECIAL_TOKENS = (
@@ -81,8 +80,4 @@ def build_tiny_qwen2vl(seed: int = 0) -> tuple[Qwen2VLForConditionalGeneration, 
 
 def save_tiny_qwen2vl(out_dir: str | Path, seed: int = 0) -> Path:
     """Build and save the tiny Qwen2-VL (model + processor) atomically to OUT_DIR."""
-    model, processor = build_tiny_qwen2vl(seed)
-    with atomic_path(out_dir) as staged:
-        model.save_pretrained(staged)
-        processor.save_pretrained(staged)
-    return Path(out_dir)
+    return save_model(out_dir, *build_tiny_qwen2vl(seed))

@@ -102,6 +102,11 @@ TASKS: dict[str, SyntheticTask] = {
 }
 
 
+# The answer formats a base MLLM already knows from its own instruction tuning (LLaVA-1.5's SFT mix has
+# exactly these), asked here about other attributes than the stream's tasks ask about.
+SHORT_ANSWER = "Answer the question using a single word or phrase ."
+LETTER_ANSWER = "Answer with the option ' s letter from the given choices directly ."
+
 BASE_WORDINGS = {
     "caption": ("Tell me about the image .", "Write a caption .", "Describe the picture ."),
     "colour": ("What colour is the shape ?", "Which colour is it ?", "Tell me the colour of the shape ."),
@@ -109,6 +114,8 @@ BASE_WORDINGS = {
     "count": ("Count the shapes .", "How many shapes are there ?", "Tell me the number of shapes ."),
     "digit": ("Read the digit .", "What number is written ?", "Which digit is in the picture ?"),
     "where": ("Where is the {colour} shape ?", "Which region has the {colour} shape ?"),
+    "colour_short": (f"What colour is the shape ?\n{SHORT_ANSWER}", "Which colour is it ?\nRespond with one word ."),
+    "count_letter": (f"How many shapes are there ? {{options}}\n{LETTER_ANSWER}",),
 }
 
 
@@ -116,9 +123,10 @@ def base_sample(rng: random.Random) -> Sample:
     """One sample of the base-training mixture: the world's attributes asked in varied wordings with
     free-form answers.
 
-    The base model learns to see (colour, shape, count, digit, position) and to follow varied
-    instructions, as LLaVA-1.5 is SFT'd before continual tuning; the tasks' formats (option letter,
-    single word, box) are what the stream then teaches.
+    The base model learns to see (colour, shape, count, digit, position), to follow varied
+    instructions and to use the short-answer and option-letter formats on some attributes, as
+    LLaVA-1.5 is SFT'd before continual tuning. The stream then asks for those formats on other
+    attributes, and for one format the base never saw (the grounding box).
     """
     kind = rng.choice(tuple(BASE_WORDINGS))
     wording = rng.choice(BASE_WORDINGS[kind])
@@ -138,6 +146,13 @@ def base_sample(rng: random.Random) -> Sample:
     if kind == "digit":
         scene = sample_digit(rng)
         return scene, wording, f"The number is {scene.digit} ."
+    if kind == "colour_short":
+        scene = Scene(sample_shapes(rng, 1))
+        return scene, wording, scene.shapes[0].colour
+    if kind == "count_letter":
+        scene = Scene(sample_shapes(rng, rng.randint(1, 4)))
+        options = options_text(NUMBER_WORDS[1:5])
+        return scene, wording.format(options=options), LETTERS[len(scene.shapes) - 1]
     scene = Scene(sample_shapes(rng, rng.randint(2, 3), distinct_colours=True))
     target = rng.choice(scene.shapes)
     return scene, wording.format(colour=target.colour), f"It is at the {target.where} ."
