@@ -78,6 +78,7 @@ class ContinualRun:
         config_yaml = to_yaml(self.cfg)
         if resume:
             self.run_dir.check_resumable(config_yaml)
+            self.run_dir.remove_stale_temporaries()
         else:
             self.run_dir.create(config_yaml)
         doc = self.run_dir.load_matrix() or self.empty_matrix()

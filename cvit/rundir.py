@@ -13,6 +13,7 @@ a stage counts as completed only once both exist.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,16 @@ class RunDirectory:
             raise RunDirError(
                 f"{self.path}: made by a different config; differing keys: {', '.join(differences[:10])}"
             )
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete what a killed process left mid-write (`.<name>.*.tmp` / `.<name>.old`); returns them."""
+        stale = [p for p in self.path.rglob(".*") if p.name.endswith((".tmp", ".old"))]
+        for path in stale:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return stale
 
     def load_matrix(self) -> dict[str, Any] | None:
         return json.loads(self.matrix_file.read_text()) if self.matrix_file.is_file() else None

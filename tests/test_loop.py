@@ -61,7 +61,12 @@ def test_crash_then_resume_equals_uninterrupted(small_config, tmp_path):
     assert partial["completed"] == 2
     assert not list(crashing.run_dir.path.rglob("*.tmp"))  # nothing half-written
 
+    # what a SIGKILL in the middle of a write would leave behind is cleaned up on resume
+    stale = crashing.run_dir.path / ".matrix.json.x1y2.tmp"
+    stale.mkdir()
+    (stale / "matrix.json").write_text('{"half": ')
     resumed = ContinualRun(cfg, sources, crashing.run_dir.path).run(resume=True)
+    assert not stale.exists()
     got = json.loads((resumed / "matrix.json").read_text())
     assert got["matrix"] == expected["matrix"]
     assert got["unseen"] == expected["unseen"]

@@ -103,8 +103,8 @@ TASKS: dict[str, SyntheticTask] = {
 
 
 # The answer formats a base MLLM already knows from its own instruction tuning (LLaVA-1.5's SFT mix has
-# exactly these), asked here about other attributes than the stream's tasks ask about.
-SHORT_ANSWER = "Answer the question using a single word or phrase ."
+# such prompts); the base mixture uses them with its own question wordings, not the stream's.
+SHORT_FORMS = ("Answer the question using a single word or phrase .", "Respond with one word .")
 LETTER_ANSWER = "Answer with the option ' s letter from the given choices directly ."
 
 BASE_WORDINGS = {
@@ -114,45 +114,48 @@ BASE_WORDINGS = {
     "count": ("Count the shapes .", "How many shapes are there ?", "Tell me the number of shapes ."),
     "digit": ("Read the digit .", "What number is written ?", "Which digit is in the picture ?"),
     "where": ("Where is the {colour} shape ?", "Which region has the {colour} shape ?"),
-    "colour_short": (f"What colour is the shape ?\n{SHORT_ANSWER}", "Which colour is it ?\nRespond with one word ."),
     "count_letter": (f"How many shapes are there ? {{options}}\n{LETTER_ANSWER}",),
 }
 
 
+def base_attribute(kind: str, rng: random.Random) -> tuple[Scene, str, str]:
+    """(scene, free-form sentence answer, bare value) for an attribute question of `kind`."""
+    if kind == "digit":
+        scene = sample_digit(rng)
+        return scene, f"The number is {scene.digit} .", scene.digit
+    if kind == "count":
+        scene = Scene(sample_shapes(rng, rng.randint(1, 4)))
+        n = len(scene.shapes)
+        sentence = f"There {'is' if n == 1 else 'are'} {NUMBER_WORDS[n]} shape{'' if n == 1 else 's'} ."
+        return scene, sentence, NUMBER_WORDS[n]
+    scene = Scene(sample_shapes(rng, 1))
+    shape = scene.shapes[0]
+    if kind == "colour":
+        return scene, f"The shape is {shape.colour} .", shape.colour
+    return scene, f"It is a {shape.shape} .", shape.shape
+
+
 def base_sample(rng: random.Random) -> Sample:
-    """One sample of the base-training mixture: the world's attributes asked in varied wordings with
-    free-form answers.
+    """One sample of the base-training mixture: the world's attributes asked in varied wordings.
 
     The base model learns to see (colour, shape, count, digit, position), to follow varied
-    instructions and to use the short-answer and option-letter formats on some attributes, as
-    LLaVA-1.5 is SFT'd before continual tuning. The stream then asks for those formats on other
-    attributes, and for one format the base never saw (the grounding box).
+    instructions and, half of the time, to answer in the short-answer format (and counts as option
+    letters), as LLaVA-1.5 is SFT'd before continual tuning. The stream then asks in its own wordings
+    and templates, and for one format the base never saw (the grounding box).
     """
     kind = rng.choice(tuple(BASE_WORDINGS))
     wording = rng.choice(BASE_WORDINGS[kind])
     if kind == "caption":
         scene = Scene(sample_shapes(rng, rng.randint(1, 3)))
         return scene, wording, caption_of(scene.shapes)
-    if kind == "colour":
-        scene = Scene(sample_shapes(rng, 1))
-        return scene, wording, f"The shape is {scene.shapes[0].colour} ."
-    if kind == "shape":
-        scene = Scene(sample_shapes(rng, 1))
-        return scene, wording, f"It is a {scene.shapes[0].shape} ."
-    if kind == "count":
-        scene = Scene(sample_shapes(rng, rng.randint(1, 4)))
-        n = len(scene.shapes)
-        return scene, wording, f"There {'is' if n == 1 else 'are'} {NUMBER_WORDS[n]} shape{'' if n == 1 else 's'} ."
-    if kind == "digit":
-        scene = sample_digit(rng)
-        return scene, wording, f"The number is {scene.digit} ."
-    if kind == "colour_short":
-        scene = Scene(sample_shapes(rng, 1))
-        return scene, wording, scene.shapes[0].colour
+    if kind == "where":
+        scene = Scene(sample_shapes(rng, rng.randint(2, 3), distinct_colours=True))
+        target = rng.choice(scene.shapes)
+        return scene, wording.format(colour=target.colour), f"It is at the {target.where} ."
     if kind == "count_letter":
         scene = Scene(sample_shapes(rng, rng.randint(1, 4)))
-        options = options_text(NUMBER_WORDS[1:5])
-        return scene, wording.format(options=options), LETTERS[len(scene.shapes) - 1]
-    scene = Scene(sample_shapes(rng, rng.randint(2, 3), distinct_colours=True))
-    target = rng.choice(scene.shapes)
-    return scene, wording.format(colour=target.colour), f"It is at the {target.where} ."
+        return scene, wording.format(options=options_text(NUMBER_WORDS[1:5])), LETTERS[len(scene.shapes) - 1]
+    scene, sentence, value = base_attribute(kind, rng)
+    if rng.random() < 0.5:
+        return scene, f"{wording}\n{rng.choice(SHORT_FORMS)}", value
+    return scene, wording, sentence
