@@ -52,15 +52,30 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 
 def cmd_metrics(args: argparse.Namespace) -> None:
-    from cvit.eval.metrics import continual_metrics, format_metrics, load_matrix, read_matrix_doc, run_metrics
+    from cvit.errors import DataError
+    from cvit.eval.metrics import continual_metrics, format_metrics, read_matrix_doc, run_metrics
 
     doc = read_matrix_doc(args.matrix)
-    if args.reference:
-        _, rows = load_matrix(args.reference)
-        metrics = continual_metrics(doc["matrix"], rows[-1])
-    else:
-        metrics = run_metrics(doc)  # a run's single-stage (joint, zero-shot) matrix has only `last`
+    try:
+        if args.reference:
+            metrics = continual_metrics(doc["matrix"], reference_scores(doc, read_matrix_doc(args.reference)))
+        else:
+            metrics = run_metrics(doc)  # a run's single-stage (joint, zero-shot) matrix has only `last`
+    except ValueError as err:
+        raise DataError(f"{args.matrix}: {err}") from None
     print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics))
+
+
+def reference_scores(doc: dict, reference: dict) -> list[float]:
+    """The reference's last-row score of each trained task of `doc`, matched by task name."""
+    from cvit.errors import DataError
+
+    scores = dict(zip(reference["tasks"], reference["matrix"][-1] if reference["matrix"] else [], strict=False))
+    trained = doc["tasks"][: len(doc["matrix"])]
+    missing = [task for task in trained if task not in scores]
+    if missing:
+        raise DataError(f"the reference has no score for task(s) {', '.join(missing)} in its last row")
+    return [scores[task] for task in trained]
 
 
 def cmd_report(args: argparse.Namespace) -> None:

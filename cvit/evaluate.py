@@ -1,4 +1,5 @@
-"""Evaluate the module on tasks: batched greedy generation through `trainer.predict`, then scoring."""
+"""Evaluate the module on tasks: batched greedy generation through one `trainer.predict` per stage
+(one dataloader per task, so the model is not moved between devices per task), then scoring."""
 
 from __future__ import annotations
 
@@ -16,29 +17,39 @@ from cvit.module import ContinualModule
 @dataclass
 class TaskResult:
     scores: dict[str, float]  # "score" (0-100) plus the scorer's extra keys
-    predictions: list[dict[str, Any]]  # {question_id, prompt, prediction, answers, correct}
+    predictions: list[dict[str, Any]]  # {question_id, prediction, answers, score (0..1)}
 
 
-def predict_task(trainer: L.Trainer, module: ContinualModule, datamodule: ContinualDataModule, task: Task):
-    module.max_new_tokens = task.max_new_tokens
-    batches = trainer.predict(module, dataloaders=datamodule.test_dataloader(task))
-    return [text for batch in batches for text in batch]
+def predict_tasks(
+    trainer: L.Trainer, module: ContinualModule, datamodule: ContinualDataModule, tasks: list[Task]
+) -> list[list[str]]:
+    """Generated texts per task, in test-record order."""
+    module.generation_budgets = [task.max_new_tokens for task in tasks]
+    batches = trainer.predict(module, dataloaders=[datamodule.test_dataloader(task) for task in tasks])
+    per_task = batches if len(tasks) > 1 else [batches]  # Lightning unnests a single dataloader
+    return [[text for batch in task_batches for text in batch] for task_batches in per_task]
 
 
-def evaluate_task(
-    trainer: L.Trainer, module: ContinualModule, datamodule: ContinualDataModule, task: Task, relaxed: bool
-) -> TaskResult:
-    texts = predict_task(trainer, module, datamodule, task)
-    test_set = datamodule.test_set(task)
-    references = [list(record.answers) for record in test_set.records]
+def score_task(datamodule: ContinualDataModule, task: Task, texts: list[str], relaxed: bool) -> TaskResult:
+    records = datamodule.test_records[task.name]
+    references = [list(record.answers) for record in records]
     scorer = get_scorer(task.scorer, relaxed=relaxed)
     scores = scorer.score(texts, references)
     items = scorer.item_scores(texts, references)
     predictions = [
         {"question_id": record.uid, "prediction": text, "answers": list(record.answers), "score": item}
-        for record, text, item in zip(test_set.records, texts, items, strict=True)
+        for record, text, item in zip(records, texts, items, strict=True)
     ]
     return TaskResult(scores, predictions)
+
+
+def evaluate_tasks(
+    trainer: L.Trainer, module: ContinualModule, datamodule: ContinualDataModule, tasks: list[Task], relaxed: bool
+) -> dict[str, TaskResult]:
+    if not tasks:
+        return {}
+    texts = predict_tasks(trainer, module, datamodule, tasks)
+    return {task.name: score_task(datamodule, task, out, relaxed) for task, out in zip(tasks, texts, strict=True)}
 
 
 def evaluation_trainer(accelerator: str, precision: str) -> L.Trainer:

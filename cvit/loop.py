@@ -1,9 +1,10 @@
 """The continual loop: one `trainer.fit` per stage, task hooks, evaluation, persistence, resume.
 
-Everything that can fail on user input (config, callbacks, data files) is checked in `prepare`,
-before the model is loaded. After each stage the run directory gains the adapters, the callbacks'
-states, the predictions and the accuracy-matrix row, so a stopped run resumes from the last
-completed stage (`resume=True`) and ends with the same matrix as an uninterrupted run.
+What can fail on user input (config, callbacks, data files and records, model folder) is checked in
+`prepare`, before the model is loaded; images are decode-checked there with `data.verify_images`.
+After each stage the run directory gains the adapters, the callbacks' states, the predictions and
+the accuracy-matrix row, so a stopped run resumes from the last completed stage (`resume=True`) and
+ends with the same matrix as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from cvit.config import Sources, to_yaml
 from cvit.data.collate import Collator
 from cvit.data.datamodule import ContinualDataModule
 from cvit.data.stream import Task, build_tasks
-from cvit.evaluate import evaluate_task, evaluation_trainer
+from cvit.evaluate import evaluate_tasks, evaluation_trainer
 from cvit.registry import build_callbacks
 from cvit.rundir import RunDirectory, stage_name
 from cvit.tensorboard_log import ContinualBoard
@@ -69,6 +70,8 @@ class ContinualRun:
             cfg.data.batch_size, cfg.data.eval_batch_size, cfg.data.num_workers,
             cfg.data.max_train_samples, cfg.data.max_test_samples, cfg.train.seed,
         )
+        if cfg.data.verify_images:
+            self.datamodule.verify_images()
 
     def run(self, resume: bool = False) -> Path:
         """Run (or continue) the experiment; returns the run directory."""
@@ -80,9 +83,11 @@ class ContinualRun:
             self.run_dir.check_resumable(config_yaml)
             self.run_dir.remove_stale_temporaries()
         else:
+            self.run_dir.check_new()
+        self.load_model()  # before the run directory exists: a model that fails to load leaves nothing
+        if not resume:
             self.run_dir.create(config_yaml)
         doc = self.run_dir.load_matrix() or self.empty_matrix()
-        self.load_model()
         start = doc["completed"]
         if start:
             self.restore(start - 1)
@@ -100,6 +105,7 @@ class ContinualRun:
         """Build the module (loads the model) and give the DataModule its processor's collator."""
         from cvit.module import ContinualModule
 
+        L.seed_everything(self.cfg.train.seed, verbose=False)  # the adapters' initial weights
         self.module = ContinualModule(self.cfg.model, self.cfg.train)
         self.datamodule.attach_collator(
             Collator(self.module.processor, self.cfg.model.family, self.cfg.model.max_length)
@@ -142,7 +148,7 @@ class ContinualRun:
         for callback in self.callbacks.values():
             callback.on_task_start(trainer, module, datamodule, stage.task)
         if trainer is not None:
-            trainer.fit(module, train_dataloaders=datamodule.train_dataloader())
+            trainer.fit(module, datamodule=datamodule)
         for callback in self.callbacks.values():
             callback.on_task_end(trainer, module, datamodule, stage.task)
         row = self.evaluate_stage(index, stage, doc)
@@ -164,13 +170,15 @@ class ContinualRun:
         return self.stream[: index + 1], future
 
     def evaluate_stage(self, index: int, stage: Stage, doc: dict[str, Any]) -> dict[str, list[float]]:
+        """Scores of the seen, future and unseen tasks after stage `index` (one predict call)."""
         seen, future = self.evaluated_tasks(index)
+        groups = {"seen": seen, "future": future, "unseen": self.datamodule.unseen}
         trainer = evaluation_trainer(self.cfg.train.accelerator, self.cfg.train.precision)
-        row: dict[str, list[float]] = {"seen": [], "future": [], "unseen": []}
-        for group, tasks in (("seen", seen), ("future", future), ("unseen", self.datamodule.unseen)):
-            for task in tasks:
-                result = evaluate_task(trainer, self.module, self.datamodule, task, self.cfg.eval.relaxed)
-                self.run_dir.save_predictions(index, stage.name, task.name, result.predictions)
-                doc["details"].setdefault(task.name, {})[stage_name(index, stage.name)] = result.scores
-                row[group].append(round(result.scores["score"], 4))
-        return row
+        results = evaluate_tasks(
+            trainer, self.module, self.datamodule, [t for tasks in groups.values() for t in tasks],
+            self.cfg.eval.relaxed,
+        )
+        for name, result in results.items():
+            self.run_dir.save_predictions(index, stage.name, name, result.predictions)
+            doc["details"].setdefault(name, {})[stage_name(index, stage.name)] = result.scores
+        return {group: [round(results[t.name].scores["score"], 4) for t in tasks] for group, tasks in groups.items()}

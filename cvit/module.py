@@ -40,14 +40,13 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
 def answer_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over answer tokens, tokens weighted by their sample's weight.
 
-    logits [B, L, V], labels [B, L] (IGNORE_INDEX off-answer), weights [B] -> scalar.
+    logits [B, L, V], labels [B, L] (IGNORE_INDEX off-answer), weights [B] -> scalar. Only the answer
+    positions are cast to fp32 (a full-vocabulary fp32 copy of all logits would cost GBs on real models).
     """
-    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    labels = labels[:, 1:]
     mask = labels != IGNORE_INDEX
-    token_loss = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), labels.clamp(min=0).reshape(-1), reduction="none"
-    ).view_as(labels)
-    token_weights = weights[:, None].to(token_loss.dtype) * mask
+    token_loss = F.cross_entropy(logits[:, :-1][mask].float(), labels[mask], reduction="none")
+    token_weights = weights[:, None].expand_as(labels)[mask].to(token_loss.dtype)
     return (token_loss * token_weights).sum() / mask.sum().clamp(min=1)
 
 
@@ -66,7 +65,7 @@ class ContinualModule(L.LightningModule):
         ))
         self.model = self.pool.peft  # registered as a submodule: parameters, devices, precision
         self.router: Router | None = None
-        self.max_new_tokens = 16  # generation budget; the evaluator sets it per task
+        self.generation_budgets: list[int] = [16]  # max_new_tokens per predict dataloader (set by the evaluator)
 
     def set_router(self, router: Router | None) -> None:
         """Install (or remove with None) the inference-time routing; the module owns it."""
@@ -101,19 +100,19 @@ class ContinualModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[str]:
-        """Lightning's predict hook: generation with the budget the evaluator set for the task."""
-        return self.generate(batch, self.max_new_tokens)
+        """Lightning's predict hook: generation with the budget the evaluator set for this dataloader's task."""
+        return self.generate(batch, self.generation_budgets[dataloader_idx])
 
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], max_new_tokens: int) -> list[str]:
         """Greedy completions (decoded, stripped), one per row of a left-padded batch."""
-        everything = [(list(range(len(batch["input_ids"]))), None)]
-        groups = self.router(batch) if self.router is not None else everything
-        texts: list[str] = [""] * len(batch["input_ids"])
+        size = len(batch["input_ids"])
+        groups = self.router(batch) if self.router is not None else [(list(range(size)), None)]
+        texts: list[str] = [""] * size
         inputs = model_inputs(batch)
         tokenizer = self.processor.tokenizer
         for rows, context in groups:
-            sub = select_rows(inputs, rows)
+            sub = inputs if rows == list(range(size)) else select_rows(inputs, rows)
             with context if context is not None else nullcontext():
                 out = self.model.generate(
                     **sub, max_new_tokens=max_new_tokens, do_sample=False,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -61,6 +62,25 @@ def resolve_class(key: str, spec: dict[str, Any], origin: str) -> type:
     return cls
 
 
+SIMPLE_TYPES = (bool, int, float, str)
+
+
+def check_argument_types(cls: type, key: str, kwargs: dict[str, Any], sources: Sources) -> None:
+    """Arguments annotated bool / int / float / str must have that type (an int passes as a float)."""
+    hints = typing.get_type_hints(cls.__init__)
+    for arg, value in kwargs.items():
+        expected = hints.get(arg)
+        if expected not in SIMPLE_TYPES:
+            continue
+        ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
+        ok = ok or (expected is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            raise ConfigError(
+                f"{sources.of(f'callbacks.{key}.{arg}')}: key 'callbacks.{key}.{arg}': "
+                f"expected {expected.__name__}, got {value!r}"
+            )
+
+
 def build_callbacks(specs: DictConfig, sources: Sources) -> dict[str, Any]:
     """Instantiate every callback (cheap: no model is touched). Raises ConfigError on bad entries."""
     built: dict[str, Any] = {}
@@ -80,6 +100,7 @@ def build_callbacks(specs: DictConfig, sources: Sources) -> dict[str, Any]:
                     f"{sources.of(f'callbacks.{key}.{arg}')}: key 'callbacks.{key}.{arg}': "
                     f"unknown argument of {cls.__name__}; allowed: {', '.join(allowed) or 'none'}"
                 )
+        check_argument_types(cls, key, kwargs, sources)
         try:
             callback = cls(**kwargs)
         except (TypeError, ValueError) as err:

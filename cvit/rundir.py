@@ -23,6 +23,9 @@ import yaml
 from cvit.atomic import atomic_path, write_json, write_text
 from cvit.errors import RunDirError
 
+# Keys that cannot change a run's results: a resumed run may differ in them.
+RESULT_NEUTRAL_KEYS = ("run.", "data.num_workers", "data.verify_images", "train.log_every_n_steps")
+
 
 def stage_name(index: int, name: str) -> str:
     return f"{index:02d}_{name}"
@@ -36,12 +39,16 @@ class RunDirectory:
     def matrix_file(self) -> Path:
         return self.path / "matrix.json"
 
-    def create(self, config_yaml: str) -> None:
+    def check_new(self) -> None:
+        """A new run must not overwrite an existing one."""
         if (self.path / "config.yaml").exists():
             raise RunDirError(
                 f"{self.path}: run directory already exists; continue it with --resume {self.path} "
                 "or choose another run.name"
             )
+
+    def create(self, config_yaml: str) -> None:
+        self.check_new()
         self.path.mkdir(parents=True, exist_ok=True)
         write_text(self.path / "config.yaml", config_yaml)
 
@@ -51,7 +58,7 @@ class RunDirectory:
         if not stored_file.is_file():
             raise RunDirError(f"{self.path}: not a run directory (no config.yaml)")
         stored, current = yaml.safe_load(stored_file.read_text()), yaml.safe_load(config_yaml)
-        differences = sorted(diff_keys(stored, current))
+        differences = sorted(k for k in diff_keys(stored, current) if not k.startswith(RESULT_NEUTRAL_KEYS))
         if differences:
             raise RunDirError(
                 f"{self.path}: made by a different config; differing keys: {', '.join(differences[:10])}"

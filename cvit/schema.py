@@ -61,6 +61,7 @@ class DataSchema:
     num_workers: int = 0
     max_train_samples: int | None = None  # per task, first N records (for quick runs)
     max_test_samples: int | None = None
+    verify_images: bool = False  # decode every image before the model loads (`cvit validate` always does)
 
 
 @dataclass

@@ -33,6 +33,8 @@ def validate_config(cfg: DictConfig, sources: Sources) -> None:
                               "max_new_tokens': must be >= 1")
     if not cfg.benchmark.tasks:
         raise ConfigError(f"{sources.of('benchmark')}: key 'benchmark.tasks': no tasks defined")
+    if not Path(cfg.model.path).is_dir():
+        raise ConfigError(f"{sources.of('model.path')}: key 'model.path': model folder not found: {cfg.model.path}")
     root = Path(cfg.benchmark.root)
     if not root.is_dir():
         raise ConfigError(f"{sources.of('benchmark.root')}: key 'benchmark.root': data root not found: {root}")

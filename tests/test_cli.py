@@ -22,12 +22,34 @@ def test_metrics_command_reports_bad_input_without_traceback(tmp_path, capsys):
     assert err.startswith("error: ") and "m.json" in err and "line 2" in err and "Traceback" not in err
 
 
-def test_validate_lists_the_stream_without_loading_a_model(synthetic_root, tmp_path, capsys):
+def test_validate_lists_the_stream_without_loading_a_model(synthetic_root, tiny_model_dir, tmp_path, capsys):
     args = ["validate", "-c", str(CONFIGS / "experiment" / "demo.yaml"),
-            *small_overrides(synthetic_root, tmp_path / "no-model-here", tmp_path / "runs")]
+            *small_overrides(synthetic_root, tiny_model_dir, tmp_path / "runs")]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "colour_mc" in out and "unseen" in out and "scorer choice" in out
+    assert "colour_mc" in out and "unseen" in out and "scorer choice" in out and "images decode" in out
+    assert main([*args, f"model.path={tmp_path / 'no-model-here'}"]) == 2
+    assert "the command line: key 'model.path': model folder not found" in capsys.readouterr().err
+
+
+def test_metrics_with_a_reference_matched_by_task_name(tmp_path, capsys):
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps({"tasks": ["a", "b", "c"], "matrix": [[80.0], [60.0, 90.0]]}))
+    ref = tmp_path / "ref.json"
+    ref.write_text(json.dumps({"tasks": ["b", "a"], "matrix": [[50.0, 70.0]], "mode": "zeroshot"}))
+    assert main(["metrics", str(run), "--reference", str(ref), "--json"]) == 0
+    # triangular rows: fwt = mean_i (A[i][i] - ref[i]) = ((80 - 70) + (90 - 50)) / 2 = 25
+    assert json.loads(capsys.readouterr().out)["fwt"] == 25.0
+    ref.write_text(json.dumps({"tasks": ["b"], "matrix": [[50.0]]}))
+    assert main(["metrics", str(run), "--reference", str(ref)]) == 2
+    assert "no score for task(s) a" in capsys.readouterr().err
+
+
+def test_metrics_of_a_run_with_no_completed_stage(tmp_path, capsys):
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps({"tasks": ["a"], "matrix": []}))
+    assert main(["metrics", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["last"] is None
 
 
 def test_fit_with_unknown_key_names_file_and_key(tmp_path, capsys):

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import pytest
+from cvit.callbacks.base import ContinualCallback
 
 from cvit.config import load_config
 from cvit.errors import ConfigError
 from cvit.loop import ContinualRun
+from cvit.validate import validate_config
 from tests.conftest import CONFIGS
 
 
@@ -107,4 +109,39 @@ def test_every_shipped_config_validates(small_config):
         ContinualRun(cfg, sources).prepare()
     for path in sorted((CONFIGS / "model").glob("*.yaml")):
         cfg, sources = small_config(files=[path])
-        assert cfg.model.family in ("llava", "qwen2_vl"), path
+        validate_config(cfg, sources)
+
+
+def test_callback_argument_types_are_checked(small_config, tmp_path):
+    bad = write(tmp_path, "m.yaml", "callbacks:\n  r: {name: replay, loss_weight: high}\n")
+    cfg, sources = small_config(files=[bad])
+    with pytest.raises(ConfigError, match=r"m\.yaml: key 'callbacks.r.loss_weight': expected float, got 'high'"):
+        ContinualRun(cfg, sources).prepare()
+    ok = write(tmp_path, "ok.yaml", "callbacks:\n  r: {name: replay, loss_weight: 2, samples_per_task: 3}\n")
+    cfg, sources = small_config(files=[ok])
+    ContinualRun(cfg, sources).prepare()
+
+
+class Owner(ContinualCallback):
+    """A user callback taking charge of the adapter pool (for the two-owners check)."""
+
+    owns = ("adapter_pool",)
+
+    def __init__(self, strength: float = 1.0) -> None:
+        self.strength = strength
+
+
+def test_class_path_callbacks_and_two_owners_are_rejected(small_config, tmp_path):
+    one = write(tmp_path, "one.yaml", "callbacks:\n  a: {class_path: 'tests.test_config:Owner', strength: 2}\n")
+    cfg, sources = small_config(files=[one])
+    run = ContinualRun(cfg, sources)
+    run.prepare()
+    assert isinstance(run.callbacks["a"], Owner) and run.callbacks["a"].strength == 2
+    two = write(tmp_path, "two.yaml", "callbacks:\n  b: {class_path: 'tests.test_config:Owner'}\n")
+    cfg, sources = small_config(files=[one, two])
+    with pytest.raises(ConfigError, match=r"callbacks 'a' and 'b' both take charge of 'adapter_pool'"):
+        ContinualRun(cfg, sources).prepare()
+    bad = write(tmp_path, "bad.yaml", "callbacks:\n  c: {class_path: 'tests.test_config:write'}\n")
+    cfg, sources = small_config(files=[bad])
+    with pytest.raises(ConfigError, match=r"not a ContinualCallback subclass"):
+        ContinualRun(cfg, sources).prepare()

@@ -72,10 +72,24 @@ def test_jsonl_test_file_with_answer_lists(broken_root):
 
 
 def test_data_errors_come_before_the_model_loads(small_config, broken_root, monkeypatch):
+    import cvit.module
+
+    monkeypatch.setattr(cvit.module, "ContinualModule", lambda *a, **k: pytest.fail("the model was loaded"))
     (broken_root / "caption" / "test.json").write_text("{}")
-    cfg, sources = small_config(f"benchmark.root={broken_root}", "model.path=/nonexistent")
+    cfg, sources = small_config(f"benchmark.root={broken_root}")
+    run = ContinualRun(cfg, sources)
     with pytest.raises(DataError, match=r"caption/test\.json: expected a JSON list"):
-        ContinualRun(cfg, sources).run()
+        run.run()
+    assert not run.run_dir.path.exists()  # nothing left behind to block the corrected run
+
+
+def test_a_model_that_fails_to_load_leaves_no_run_directory(small_config, tmp_path):
+    (tmp_path / "empty-model").mkdir()
+    cfg, sources = small_config(f"model.path={tmp_path / 'empty-model'}")
+    run = ContinualRun(cfg, sources)
+    with pytest.raises(Exception):  # noqa: B017  (whatever transformers raises for an empty folder)
+        run.run()
+    assert not run.run_dir.path.exists()
 
 
 def test_missing_data_root(small_config, tmp_path):

@@ -7,10 +7,12 @@ import pytest
 import torch
 from cvit.callbacks.base import ContinualCallback
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import LlavaForConditionalGeneration
 
 from cvit.errors import RunDirError
 from cvit.loop import ContinualRun
+from tests.conftest import CONFIGS
 
 SHORT = ("benchmark.order=[colour_mc,count_vqa,grounding]", "train.max_steps=3")
 
@@ -47,12 +49,14 @@ class Recorder(ContinualCallback):
 
 
 def test_crash_then_resume_equals_uninterrupted(small_config, tmp_path):
-    cfg, sources = small_config(*SHORT, "run.name=full")
+    replay = ("callbacks.replay.samples_per_task=5",)
+    files = [CONFIGS / "method" / "replay.yaml"]  # a callback with state, restored on resume
+    cfg, sources = small_config(*SHORT, *replay, "run.name=full", files=files)
     full = ContinualRun(cfg, sources).run()
     expected = json.loads((full / "matrix.json").read_text())
     assert expected["completed"] == 3 and [len(r) for r in expected["matrix"]] == [1, 2, 3]
 
-    cfg, sources = small_config(*SHORT, "run.name=crashed")
+    cfg, sources = small_config(*SHORT, *replay, "run.name=crashed", files=files)
     crashing = ContinualRun(cfg, sources)
     crashing.prepare = wrap_prepare(crashing, Crash("grounding"))
     with pytest.raises(KeyboardInterrupt):
@@ -70,9 +74,16 @@ def test_crash_then_resume_equals_uninterrupted(small_config, tmp_path):
     got = json.loads((resumed / "matrix.json").read_text())
     assert got["matrix"] == expected["matrix"]
     assert got["unseen"] == expected["unseen"]
-    for stage in ("02_grounding",):  # written by the resumed run
-        a = torch.load(full / "stages" / stage / "callbacks.pt")
-        assert a == torch.load(resumed / "stages" / stage / "callbacks.pt")
+    stage = full / "stages" / "02_grounding"
+    again = resumed / "stages" / "02_grounding"
+    assert torch.load(stage / "callbacks.pt")["replay"] == torch.load(again / "callbacks.pt")["replay"]
+    assert len(torch.load(again / "callbacks.pt")["replay"]["buffer"]) == 3
+    weights = load_file(stage / "adapters" / "default" / "adapter_model.safetensors")
+    resumed_weights = load_file(again / "adapters" / "default" / "adapter_model.safetensors")
+    assert weights.keys() == resumed_weights.keys()
+    assert all(torch.equal(weights[k], resumed_weights[k]) for k in weights)
+    first = load_file(full / "stages" / "00_colour_mc" / "adapters" / "default" / "adapter_model.safetensors")
+    assert any(not torch.equal(first[k], weights[k]) for k in weights)  # training moved the adapter
     assert (resumed / "report.md").is_file() and (resumed / "matrix.png").is_file()
 
 
@@ -120,8 +131,6 @@ def test_every_hook_is_reached_in_order_and_adapters_load_with_plain_peft(small_
 
 
 def test_replay_mixes_earlier_samples_by_reference(small_config, tmp_path):
-    from tests.conftest import CONFIGS
-
     cfg, sources = small_config("benchmark.order=[colour_mc,count_vqa]", "train.max_steps=1",
                                 "callbacks.replay.samples_per_task=5", files=[CONFIGS / "method" / "replay.yaml"])
     run = ContinualRun(cfg, sources)

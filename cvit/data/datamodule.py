@@ -55,7 +55,7 @@ class ContinualDataModule(L.LightningDataModule):
         return {t.name: t for t in self.stream + self.unseen}
 
     def verify_images(self) -> int:
-        """Decode-check every referenced image (slow on big roots; `cvit validate` does it).
+        """Decode every referenced image (slow on big roots; `cvit validate` does it).
         Returns the number checked; DataError listing up to 10 unreadable files otherwise."""
         records = [r for rs in self.train_records.values() for r in rs]
         records += [r for rs in self.test_records.values() for r in rs]
@@ -63,8 +63,8 @@ class ContinualDataModule(L.LightningDataModule):
         for record in records:
             try:
                 with Image.open(record.image) as image:
-                    image.verify()
-            except OSError as err:
+                    image.load()
+            except (OSError, SyntaxError, ValueError) as err:  # PIL raises all three on corrupt files
                 bad.append(f"record {record.uid}: {record.image}: {err}")
         if bad:
             raise DataError(f"{len(bad)} unreadable image(s):\n  " + "\n  ".join(bad[:10]))

@@ -125,10 +125,13 @@ def run_metrics(doc: dict[str, Any], exclude_scorers: tuple[str, ...] = ()) -> d
     `exclude_scorers` leaves out tasks scored that way (e.g. ("caption",): CIDEr x100 is not 0-100)."""
     scorers = doc.get("scorers", {})
     columns = [i for i, task in enumerate(doc["tasks"]) if scorers.get(task) not in exclude_scorers]
+    undefined = dict.fromkeys(("last", "maa", "bwt", "forgetting", "new_acc"))
+    if not doc["matrix"] or not [i for i in columns if i < len(doc["matrix"][-1])]:
+        return undefined  # no stage completed yet, or no selected task evaluated yet
     if doc.get("mode", "sequential") == "sequential":
         return continual_metrics(doc["matrix"], columns=[i for i in columns if i < len(doc["matrix"])])
     row = doc["matrix"][-1]
-    return {"last": fmean(row[i] for i in columns), "maa": None, "bwt": None, "forgetting": None, "new_acc": None}
+    return {**undefined, "last": fmean(row[i] for i in columns)}
 
 
 def format_metrics(metrics: dict[str, float | None]) -> str:
