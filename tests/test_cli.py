@@ -57,3 +57,18 @@ def test_fit_with_unknown_key_names_file_and_key(tmp_path, capsys):
     bad.write_text("trian:\n  lr: 1\n")
     assert main(["fit", "-c", str(bad)]) == 2
     assert f"{bad}: key 'trian'" in capsys.readouterr().err
+
+
+def test_fit_resume_and_report_commands(synthetic_root, tiny_model_dir, tmp_path, capsys):
+    args = ["fit", "-c", str(CONFIGS / "experiment" / "demo.yaml"),
+            *small_overrides(synthetic_root, tiny_model_dir, tmp_path / "runs"),
+            "benchmark.order=[colour_mc]", "train.max_steps=1", "run.name=cli"]
+    assert main(args) == 0
+    run_dir = tmp_path / "runs" / "cli"
+    assert f"run directory: {run_dir}" in capsys.readouterr().out
+    assert main(args) == 2  # the directory exists: refused, nothing overwritten
+    assert "--resume" in capsys.readouterr().err
+    assert main([*args, "--resume", str(run_dir)]) == 0  # complete: nothing left to do
+    (run_dir / "report.md").unlink()
+    assert main(["report", str(run_dir)]) == 0
+    assert (run_dir / "report.md").read_text().startswith("# seqlora on synthetic")

@@ -148,3 +148,37 @@ def test_joint_and_zeroshot_evaluate_all_tasks_once(small_config):
         cfg, sources = small_config("train.max_steps=2", f"run.name={method}", method=method)
         doc = json.loads((ContinualRun(cfg, sources).run() / "matrix.json").read_text())
         assert doc["stages"] == [method] and len(doc["matrix"]) == 1 and len(doc["matrix"][0]) == 6
+
+
+def test_qwen2vl_runs_through_the_continual_loop(small_config, tmp_path):
+    from cvit.model.tiny_qwen import save_tiny_qwen2vl
+
+    model = save_tiny_qwen2vl(tmp_path / "tiny-qwen")
+    cfg, sources = small_config("model.family=qwen2_vl", f"model.path={model}", "run.name=qwen",
+                                "benchmark.order=[count_vqa,caption]", "train.max_steps=2")
+    run = ContinualRun(cfg, sources)
+    run_dir = run.run()
+    doc = json.loads((run_dir / "matrix.json").read_text())
+    assert [len(r) for r in doc["matrix"]] == [1, 2] and len(doc["unseen"][-1]) == 2
+    assert (run_dir / "stages" / "01_caption" / "adapters" / "default" / "adapter_model.safetensors").is_file()
+
+
+def test_trainable_projector_is_trained_and_saved(small_config):
+    cfg, sources = small_config("model.lora.train_projector=true", "run.name=projector",
+                                "benchmark.order=[colour_mc]", "train.max_steps=2")
+    run = ContinualRun(cfg, sources)
+    run.prepare()
+    run.load_model()
+    trainable = [n for n, p in run.module.named_parameters() if p.requires_grad]
+    assert any("multi_modal_projector" in n for n in trainable)
+    assert not any("vision_tower" in n for n in trainable)
+    run_dir = ContinualRun(cfg, sources).run()
+    saved = load_file(run_dir / "stages" / "00_colour_mc" / "adapters" / "default" / "adapter_model.safetensors")
+    assert any("multi_modal_projector" in k for k in saved)
+
+
+def test_a_stream_starting_with_captions_and_future_tasks(small_config):
+    cfg, sources = small_config("benchmark.order=[caption,count_vqa]", "train.max_steps=1",
+                                "eval.future_tasks=true", "run.name=captions-first")
+    doc = json.loads((ContinualRun(cfg, sources).run() / "matrix.json").read_text())
+    assert [len(r) for r in doc["matrix"]] == [1, 2] and [len(r) for r in doc["future"]] == [1, 0]
