@@ -109,7 +109,7 @@ def load_config(files: Sequence[str | Path], overrides: Sequence[str] = ()) -> t
         cfg = merge_one(cfg, part, origin)
         sources.record(part, origin)
     drop_null_callbacks(cfg)
-    check_missing(cfg, sources)
+    check_missing(cfg)
     return cfg, sources
 
 
@@ -119,7 +119,7 @@ def drop_null_callbacks(cfg: DictConfig) -> None:
         del cfg.callbacks[key]
 
 
-def check_missing(cfg: DictConfig, sources: Sources) -> None:
+def check_missing(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(

@@ -66,7 +66,7 @@ def heatmap_figure(
     return figure
 
 
-def _after(doc: dict[str, Any], count: int) -> list[str]:
+def row_labels(doc: dict[str, Any], count: int) -> list[str]:
     """Row labels "after <stage>" for the first `count` stages ("stages", else "stream", else "tasks")."""
     stages = doc.get("stages") or doc.get("stream") or doc["tasks"]
     return [f"after {stage}" for stage in stages[:count]]
@@ -107,7 +107,7 @@ def _unseen_lines(doc: dict[str, Any]) -> list[str]:
     tasks, rows = doc.get("unseen_tasks") or [], doc.get("unseen") or []
     if not tasks or not any(rows):
         return []
-    return ["## Unseen tasks", "", _score_table(tasks, _after(doc, len(rows)), rows), ""]
+    return ["## Unseen tasks", "", _score_table(tasks, row_labels(doc, len(rows)), rows), ""]
 
 
 def _details_lines(doc: dict[str, Any]) -> list[str]:
@@ -131,7 +131,7 @@ def report_markdown(doc: dict[str, Any], image: str | None) -> str:
     ]
     if matrix:
         lines += ["## Accuracy matrix", "", "Row: after training that stage; column: evaluated task.", ""]
-        lines += [_score_table(tasks, _after(doc, len(matrix)), matrix), ""]
+        lines += [_score_table(tasks, row_labels(doc, len(matrix)), matrix), ""]
         lines += [f"![accuracy matrix]({image})", ""] if image else []
         lines += _metrics_lines(doc)
     else:
@@ -148,7 +148,7 @@ def write_report(run_dir: Path) -> Path:
     image = None
     if doc["matrix"]:
         title = f"{doc.get('method', '')} on {doc.get('benchmark', '')}"
-        figure = heatmap_figure(doc["tasks"], doc["matrix"], title, _after(doc, len(doc["matrix"])))
+        figure = heatmap_figure(doc["tasks"], doc["matrix"], title, row_labels(doc, len(doc["matrix"])))
         image = "matrix.png"
         write_with(run_dir / image, lambda path: figure.savefig(path, format="png", dpi=120))
     report = run_dir / "report.md"

@@ -8,7 +8,7 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 
 from cvit.eval.metrics import run_metrics
-from cvit.report import heatmap_figure
+from cvit.report import heatmap_figure, row_labels
 
 
 class ContinualBoard:
@@ -25,7 +25,8 @@ class ContinualBoard:
         for key, value in run_metrics(doc).items():
             if value is not None:
                 self.writer.add_scalar(f"metrics/{key}", value, index)
-        self.writer.add_figure("matrix", heatmap_figure(tasks, doc["matrix"]), index)
+        figure = heatmap_figure(tasks, doc["matrix"], row_labels=row_labels(doc, len(doc["matrix"])))
+        self.writer.add_figure("matrix", figure, index)
         self.writer.flush()
 
     def close(self) -> None:

@@ -16,11 +16,10 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from cvit.data.collate import Collator
-from cvit.data.datasets import TestSet, TrainSet, pick_template
+from cvit.data.datasets import TestSet, TrainSet, record_instruction
 from cvit.data.records import TestRecord, TrainRecord, load_test, load_train
 from cvit.data.stream import Task
 from cvit.errors import DataError
-from cvit.model.prompting import instruction_text
 
 
 class ContinualDataModule(L.LightningDataModule):
@@ -89,10 +88,7 @@ class ContinualDataModule(L.LightningDataModule):
 
     def instructions(self, task: Task) -> list[str]:
         """The instruction texts (question + template) of a task's training records, in record order."""
-        return [
-            instruction_text(r.question, pick_template(task.templates, self.seed, r.uid))
-            for r in self.train_records[task.name]
-        ]
+        return [record_instruction(r, task.templates, self.seed) for r in self.train_records[task.name]]
 
     def train_set(self, task: Task, loss_weight: float = 1.0) -> TrainSet:
         return TrainSet(self.train_records[task.name], task.templates, self.seed, loss_weight)

@@ -21,11 +21,13 @@ def load_image(path, uid: str) -> Image.Image:
         raise DataError(f"record {uid}: unreadable image {path}: {err}") from None
 
 
-def pick_template(templates: tuple[str, ...], seed: int, uid: str) -> str | None:
-    """A template drawn per record, deterministic in (seed, record id)."""
+def record_instruction(record, templates: tuple[str, ...], seed: int) -> str:
+    """The record's question with one of the task's templates, drawn per record, deterministic in
+    (seed, record id); the bare question when the task has no templates."""
     if not templates:
-        return None
-    return templates[random.Random(f"{seed}/{uid}").randrange(len(templates))]
+        return instruction_text(record.question, None)
+    template = templates[random.Random(f"{seed}/{record.uid}").randrange(len(templates))]
+    return instruction_text(record.question, template)
 
 
 @dataclass
@@ -42,10 +44,9 @@ class RecordSet(Dataset):
     def common(self, index: int) -> tuple[Any, dict[str, Any]]:
         """(record, {image, instruction}) for item `index`."""
         record = self.records[index]
-        template = pick_template(self.templates, self.seed, record.uid)
         return record, {
             "image": load_image(record.image, record.uid),
-            "instruction": instruction_text(record.question, template),
+            "instruction": record_instruction(record, self.templates, self.seed),
         }
 
 

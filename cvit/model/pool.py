@@ -2,7 +2,7 @@
 
 Methods change the pool at task start (add a block, select a group, freeze the rest) and at task
 end (fuse); the continual loop saves every adapter after each task as peft safetensors, loadable
-with plain `PeftModel.from_pretrained(base, run_dir/tasks/<k>/adapters/<name>)`.
+with plain `PeftModel.from_pretrained(base, run_dir/stages/<k>_<task>/adapters/<name>)`.
 """
 
 from __future__ import annotations

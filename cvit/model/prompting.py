@@ -17,6 +17,8 @@ class ChatFormat:
     end_token: str | None  # None: the tokenizer's eos token
 
 
+# Qwen2-VL-Instruct's own template also opens with a system turn ("You are a helpful assistant."); it is
+# left out here, as in the continual-tuning papers' LLaVA-style prompts, which may lower zero-shot scores.
 FORMATS = {
     "llava": ChatFormat("USER: <image>\n{instruction} ASSISTANT:", " ", None),
     "qwen2_vl": ChatFormat(

@@ -82,7 +82,6 @@ def shape_choice(rng: random.Random) -> Sample:
 @dataclass(frozen=True)
 class SyntheticTask:
     name: str
-    kind: str  # multiple_choice | vqa | classification | ocr | grounding | caption
     generate: Callable[[random.Random], Sample]
     unseen: bool = False
 
@@ -90,14 +89,14 @@ class SyntheticTask:
 TASKS: dict[str, SyntheticTask] = {
     t.name: t
     for t in (
-        SyntheticTask("colour_mc", "multiple_choice", colour_choice),
-        SyntheticTask("count_vqa", "vqa", count_shapes),
-        SyntheticTask("shape_cls", "classification", classify_shape),
-        SyntheticTask("digit_ocr", "ocr", read_digit),
-        SyntheticTask("grounding", "grounding", ground_colour),
-        SyntheticTask("caption", "caption", caption),
-        SyntheticTask("side_vqa", "vqa", side_of_shape, unseen=True),
-        SyntheticTask("shape_mc", "multiple_choice", shape_choice, unseen=True),
+        SyntheticTask("colour_mc", colour_choice),
+        SyntheticTask("count_vqa", count_shapes),
+        SyntheticTask("shape_cls", classify_shape),
+        SyntheticTask("digit_ocr", read_digit),
+        SyntheticTask("grounding", ground_colour),
+        SyntheticTask("caption", caption),
+        SyntheticTask("side_vqa", side_of_shape, unseen=True),
+        SyntheticTask("shape_mc", shape_choice, unseen=True),
     )
 }
 
