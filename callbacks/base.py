@@ -30,6 +30,12 @@ if TYPE_CHECKING:
 
 class ContinualCallback(L.Callback):
     owns: ClassVar[tuple[str, ...]] = ()
+    config_key: str = ""  # the callback's key in the config's `callbacks` mapping (set by the registry)
+
+    @property
+    def state_key(self) -> str:
+        """Unique per config entry, so two instances of one class keep apart in Lightning checkpoints."""
+        return f"{type(self).__qualname__}[{self.config_key}]"
 
     def on_task_start(
         self, trainer: L.Trainer | None, module: ContinualModule, datamodule: ContinualDataModule, task: Task

@@ -10,6 +10,7 @@ ends with the same matrix as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from cvit.data.collate import Collator
 from cvit.data.datamodule import ContinualDataModule
 from cvit.data.stream import Task, build_tasks
 from cvit.evaluate import evaluate_tasks, evaluation_trainer
+from cvit.inflight import AtomicCheckpointIO, inflight_callback, inflight_file
 from cvit.registry import build_callbacks
 from cvit.rundir import RunDirectory, stage_name
 from cvit.tensorboard_log import ContinualBoard
@@ -127,15 +129,22 @@ class ContinualRun:
         for key, callback in self.callbacks.items():
             callback.load_state_dict(states.get(key, {}))
 
+    def inflight_dir(self, index: int, stage: Stage) -> Path:
+        return self.run_dir.path / "inflight" / stage_name(index, stage.name)
+
     def stage_trainer(self, index: int, stage: Stage) -> L.Trainer:
         cfg = self.cfg.train
+        extra = []
+        if cfg.checkpoint_every_n_steps > 0:
+            extra.append(inflight_callback(self.inflight_dir(index, stage), cfg.checkpoint_every_n_steps))
         return L.Trainer(
             accelerator=cfg.accelerator, devices=1, precision=cfg.precision, max_epochs=cfg.epochs,
             max_steps=cfg.max_steps, gradient_clip_val=cfg.grad_clip or None,
             accumulate_grad_batches=cfg.accumulate_grad_batches, log_every_n_steps=cfg.log_every_n_steps,
             logger=TensorBoardLogger(self.run_dir.path / "tb", name="train", version=stage_name(index, stage.name)),
-            callbacks=[*self.callbacks.values(), LearningRateMonitor(logging_interval="step")],
-            enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
+            callbacks=[*self.callbacks.values(), LearningRateMonitor(logging_interval="step"), *extra],
+            enable_checkpointing=bool(extra), plugins=[AtomicCheckpointIO()], num_sanity_val_steps=0,
+            limit_val_batches=0,
             default_root_dir=self.run_dir.path, enable_model_summary=index == 0,
         )
 
@@ -148,7 +157,8 @@ class ContinualRun:
         for callback in self.callbacks.values():
             callback.on_task_start(trainer, module, datamodule, stage.task)
         if trainer is not None:
-            trainer.fit(module, datamodule=datamodule)
+            # a stage interrupted after an in-flight checkpoint continues from it
+            trainer.fit(module, datamodule=datamodule, ckpt_path=inflight_file(self.inflight_dir(index, stage)))
         for callback in self.callbacks.values():
             callback.on_task_end(trainer, module, datamodule, stage.task)
         row = self.evaluate_stage(index, stage, doc)
@@ -161,6 +171,7 @@ class ContinualRun:
         doc["seconds"].append(round(time.perf_counter() - started, 2))
         doc["completed"] = index + 1
         self.run_dir.save_matrix(doc)
+        shutil.rmtree(self.inflight_dir(index, stage), ignore_errors=True)
 
     def evaluated_tasks(self, index: int) -> tuple[list[Task], list[Task]]:
         """(seen tasks, not-yet-trained tasks) evaluated after stage `index`."""

@@ -64,6 +64,8 @@ class ContinualModule(L.LightningModule):
             modules_to_save=[FAMILIES[model_cfg.family].projector] if lora.train_projector else None,
         ))
         self.model = self.pool.peft  # registered as a submodule: parameters, devices, precision
+        self.strict_loading = False  # in-flight checkpoints hold the trainable weights only
+        self.pending_rng: dict[str, Any] | None = None  # RNG states of a restored checkpoint
         self.router: Router | None = None
         self.generation_budgets: list[int] = [16]  # max_new_tokens per predict dataloader (set by the evaluator)
 
@@ -76,6 +78,26 @@ class ContinualModule(L.LightningModule):
         for callback in trainer.callbacks if trainer is not None else ():
             if isinstance(callback, ContinualCallback):
                 yield callback
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """In-flight checkpoints keep the trainable weights only (never the frozen or 4-bit base) and
+        the RNG states, so a resumed task draws the same dropout masks."""
+        trainable = {name for name, param in self.named_parameters() if param.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # applied at the next training batch: Lightning draws from the RNG while it restarts the data
+        self.pending_rng = checkpoint["rng"]
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.pending_rng is not None:
+            torch.set_rng_state(self.pending_rng["torch"])
+            if "cuda" in self.pending_rng:
+                torch.cuda.set_rng_state_all(self.pending_rng["cuda"])
+            self.pending_rng = None
 
     def on_fit_start(self) -> None:
         """Train mode for every submodule: models load in eval mode and evaluation leaves them there."""

@@ -112,5 +112,6 @@ def build_callbacks(specs: DictConfig, sources: Sources) -> dict[str, Any]:
                     "keep one"
                 )
             owners[thing] = key
+        callback.config_key = str(key)
         built[str(key)] = callback
     return built

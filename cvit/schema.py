@@ -77,6 +77,10 @@ class TrainSchema:
     accelerator: str = "auto"
     seed: int = 0
     log_every_n_steps: int = 10
+    # 0: the run directory is written between tasks only. N > 0: also an in-flight checkpoint every N
+    # optimizer steps (trainable weights, optimizer, schedule, data position, RNG, callback states),
+    # from which --resume continues mid-task.
+    checkpoint_every_n_steps: int = 0
 
 
 @dataclass

@@ -182,3 +182,46 @@ def test_a_stream_starting_with_captions_and_future_tasks(small_config):
                                 "eval.future_tasks=true", "run.name=captions-first")
     doc = json.loads((ContinualRun(cfg, sources).run() / "matrix.json").read_text())
     assert [len(r) for r in doc["matrix"]] == [1, 2] and [len(r) for r in doc["future"]] == [1, 0]
+
+
+class CrashAtStep(ContinualCallback):
+    """Raises after optimizer step `step` of task `task` (before that step's checkpoint is written)."""
+
+    def __init__(self, task: str, step: int) -> None:
+        self.task, self.step, self.current = task, step, ""
+
+    def on_task_start(self, trainer, module, datamodule, task) -> None:
+        self.current = task.name
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.current == self.task and trainer.global_step == self.step:
+            raise RuntimeError("simulated crash mid-task")
+
+
+def test_mid_task_crash_resumes_from_the_inflight_checkpoint(small_config):
+    # 4 batches per epoch, 6 steps per task, a checkpoint every 3 steps and dropout on: the crash at
+    # step 5 resumes from step 3, in the middle of the first epoch, so data position, epoch order, RNG
+    # and optimizer state must all come back exactly.
+    common = ("benchmark.order=[colour_mc,count_vqa]", "data.batch_size=8", "train.epochs=2",
+              "train.max_steps=6", "train.checkpoint_every_n_steps=3", "model.lora.dropout=0.1",
+              "eval.unseen=false")
+    cfg, sources = small_config(*common, "run.name=straight")
+    straight = ContinualRun(cfg, sources).run()
+    assert not (straight / "inflight" / "01_count_vqa").exists()  # removed once the task is saved
+
+    cfg, sources = small_config(*common, "run.name=midtask")
+    crashing = ContinualRun(cfg, sources)
+    crashing.prepare = wrap_prepare(crashing, CrashAtStep("count_vqa", 5))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashing.run()
+    inflight = crashing.run_dir.path / "inflight" / "01_count_vqa" / "inflight.ckpt"
+    checkpoint = torch.load(inflight, weights_only=False)
+    assert checkpoint["global_step"] == 3
+    assert checkpoint["state_dict"] and all("lora_" in k for k in checkpoint["state_dict"])
+
+    resumed = ContinualRun(cfg, sources, crashing.run_dir.path).run(resume=True)
+    assert json.loads((resumed / "matrix.json").read_text())["matrix"] == \
+        json.loads((straight / "matrix.json").read_text())["matrix"]
+    adapter = Path("stages") / "01_count_vqa" / "adapters" / "default" / "adapter_model.safetensors"
+    expected, got = load_file(straight / adapter), load_file(resumed / adapter)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)

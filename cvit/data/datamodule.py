@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import lightning as L
-import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from cvit.data.collate import Collator
 from cvit.data.datasets import TestSet, TrainSet, record_instruction
 from cvit.data.records import TestRecord, TrainRecord, load_test, load_train
+from cvit.data.sampler import ResumableSampler
 from cvit.data.stream import Task
 from cvit.errors import DataError
 
@@ -101,11 +101,20 @@ class ContinualDataModule(L.LightningDataModule):
             raise RuntimeError("no stage set: call set_stage() before fit")
         parts = [self.train_set(t) for t in self.stage]
         parts += [Subset(self.train_set(t, w), idx) for t, idx, w in self.replay if idx]
-        generator = torch.Generator().manual_seed(self.seed + 1000 * (self.stage[0].index + 1))
-        return DataLoader(
-            ConcatDataset(parts), batch_size=self.batch_size, shuffle=True, generator=generator,
-            collate_fn=self.collator.train_batch, num_workers=self.num_workers,
+        dataset = ConcatDataset(parts)
+        sampler = ResumableSampler(
+            len(dataset), self.seed + 1000 * (self.stage[0].index + 1),
+            lambda: self.batch_size * self.resumed_batches(),
         )
+        return DataLoader(
+            dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=self.collator.train_batch,
+            num_workers=self.num_workers,
+        )
+
+    def resumed_batches(self) -> int:
+        """Batches of the current epoch a fit restored from an in-flight checkpoint has already seen."""
+        trainer = self.trainer
+        return 0 if trainer is None else trainer.fit_loop.epoch_loop.batch_progress.current.completed
 
     def test_dataloader(self, task: Task) -> DataLoader:
         return DataLoader(
