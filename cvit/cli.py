@@ -27,7 +27,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     try:
         run_dir = run.run(resume=args.resume is not None)
     except (KeyboardInterrupt, SystemExit):
-        if (run.run_dir.path / "config.yaml").is_file():
+        if run.run_dir.exists:
             print(f"\ninterrupted: completed tasks are saved in {run.run_dir.path}; continue with the same "
                   f"arguments and --resume {run.run_dir.path}", file=sys.stderr)
         raise

@@ -38,11 +38,7 @@ def run_method(method: str, work: Path, configs: Path, data: Path, model: Path) 
                  f"run.name=demo-{method}"]
     cfg, sources = load_config(files, overrides)
     run = ContinualRun(cfg, sources)
-    done = run.run_dir.load_matrix() if (run.run_dir.path / "config.yaml").exists() else None
-    if done is not None and done["completed"] == len(done["stages"]):
-        print(f"{method}: already complete in {run.run_dir.path}")
-        return run.run_dir.path
-    return run.run(resume=(run.run_dir.path / "config.yaml").exists())
+    return run.run(resume=run.run_dir.exists)  # a finished run returns at once, a stopped one continues
 
 
 def run_demo(work: Path, configs: Path) -> None:

@@ -35,7 +35,8 @@ from cvit.validate import validate_config
 
 @dataclass(frozen=True)
 class Stage:
-    """What one `fit` trains on; `task` is what the task hooks receive."""
+    """What one `fit` trains on; `task` is what the task hooks receive (for a joint or zero-shot
+    stage, a task named after the mode that stands for the whole stream)."""
 
     name: str
     tasks: list[Task]
@@ -84,12 +85,15 @@ class ContinualRun:
         if resume:
             self.run_dir.check_resumable(config_yaml)
             self.run_dir.remove_stale_temporaries()
+            doc = self.run_dir.load_matrix() or self.empty_matrix()
+            if doc["completed"] == len(self.stages):
+                return self.run_dir.path  # nothing left to do: no model load
         else:
             self.run_dir.check_new()
+            doc = self.empty_matrix()
         self.load_model()  # before the run directory exists: a model that fails to load leaves nothing
         if not resume:
             self.run_dir.create(config_yaml)
-        doc = self.run_dir.load_matrix() or self.empty_matrix()
         start = doc["completed"]
         if start:
             self.restore(start - 1)
@@ -119,8 +123,8 @@ class ContinualRun:
             "method": cfg.method.name, "mode": cfg.method.mode, "benchmark": cfg.benchmark.name,
             "tasks": [t.name for t in self.stream], "stages": [s.name for s in self.stages],
             "scorers": {t.name: t.scorer for t in self.stream + self.unseen},
-            "relaxed": cfg.eval.relaxed, "matrix": [], "future": [], "unseen_tasks": [t.name for t in
-            self.datamodule.unseen], "unseen": [], "details": {}, "seconds": [], "completed": 0,
+            "relaxed": cfg.eval.relaxed, "unseen_tasks": [t.name for t in self.datamodule.unseen],
+            "matrix": [], "future": [], "unseen": [], "details": {}, "seconds": [], "completed": 0,
         }
 
     def restore(self, index: int) -> None:

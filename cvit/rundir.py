@@ -39,9 +39,14 @@ class RunDirectory:
     def matrix_file(self) -> Path:
         return self.path / "matrix.json"
 
+    @property
+    def exists(self) -> bool:
+        """Whether a run was started here (its config is recorded)."""
+        return (self.path / "config.yaml").is_file()
+
     def check_new(self) -> None:
         """A new run must not overwrite an existing one."""
-        if (self.path / "config.yaml").exists():
+        if self.exists:
             raise RunDirError(
                 f"{self.path}: run directory already exists; continue it with --resume {self.path} "
                 "or choose another run.name"
@@ -55,7 +60,7 @@ class RunDirectory:
     def check_resumable(self, config_yaml: str) -> None:
         """The stored config must equal this run's config; lists the differing keys otherwise."""
         stored_file = self.path / "config.yaml"
-        if not stored_file.is_file():
+        if not self.exists:
             raise RunDirError(f"{self.path}: not a run directory (no config.yaml)")
         stored, current = yaml.safe_load(stored_file.read_text()), yaml.safe_load(config_yaml)
         differences = sorted(k for k in diff_keys(stored, current) if not k.startswith(RESULT_NEUTRAL_KEYS))

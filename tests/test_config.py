@@ -66,12 +66,20 @@ def test_missing_required_keys_are_listed():
         load_config([])
 
 
-def test_unknown_order_and_task(small_config):
-    cfg, sources = small_config("benchmark.order=sideways")
-    with pytest.raises(ConfigError, match=r"unknown order 'sideways'"):
-        ContinualRun(cfg, sources).prepare()
-    cfg, sources = small_config("benchmark.order=[colour_mc,nope]")
-    with pytest.raises(ConfigError, match=r"command line: key 'benchmark.order': unknown task 'nope'"):
+@pytest.mark.parametrize(("overrides", "method_yaml", "match"), [
+    (["benchmark.order=sideways"], None, r"unknown order 'sideways'"),
+    (["benchmark.order=[colour_mc,nope]"], None, r"command line: key 'benchmark.order': unknown task 'nope'"),
+    ([], "callbacks:\n  r: {name: no_such_thing}\n",
+     r"m\.yaml: key 'callbacks.r.name': unknown callback 'no_such_thing'"),
+    ([], "callbacks:\n  r: {name: replay, sampels_per_task: 3}\n",
+     r"m\.yaml: key 'callbacks.r.sampels_per_task': unknown argument"),
+    (["benchmark.tasks.colour_mc.scorer=magic"], None, r"benchmark.tasks.colour_mc.scorer"),
+    (["benchmark.templates=fancy"], None, r"no 'fancy' templates"),
+])
+def test_prepare_rejects_bad_names(small_config, tmp_path, overrides, method_yaml, match):
+    files = [write(tmp_path, "m.yaml", method_yaml)] if method_yaml else []
+    cfg, sources = small_config(*overrides, files=files)
+    with pytest.raises(ConfigError, match=match):
         ContinualRun(cfg, sources).prepare()
 
 
@@ -80,26 +88,6 @@ def test_explicit_order_list(small_config):
     run = ContinualRun(cfg, sources)
     run.prepare()
     assert [t.name for t in run.stream] == ["grounding", "colour_mc"]
-
-
-def test_unknown_callback_name_and_argument(small_config, tmp_path):
-    bad = write(tmp_path, "m.yaml", "callbacks:\n  r: {name: no_such_thing}\n")
-    cfg, sources = small_config(files=[bad])
-    with pytest.raises(ConfigError, match=r"m\.yaml: key 'callbacks.r.name': unknown callback 'no_such_thing'"):
-        ContinualRun(cfg, sources).prepare()
-    bad = write(tmp_path, "m2.yaml", "callbacks:\n  r: {name: replay, sampels_per_task: 3}\n")
-    cfg, sources = small_config(files=[bad])
-    with pytest.raises(ConfigError, match=r"m2\.yaml: key 'callbacks.r.sampels_per_task': unknown argument"):
-        ContinualRun(cfg, sources).prepare()
-
-
-def test_unknown_scorer_and_template_variant(small_config):
-    cfg, sources = small_config("benchmark.tasks.colour_mc.scorer=magic")
-    with pytest.raises(ConfigError, match=r"benchmark.tasks.colour_mc.scorer"):
-        ContinualRun(cfg, sources).prepare()
-    cfg, sources = small_config("benchmark.templates=fancy")
-    with pytest.raises(ConfigError, match=r"no 'fancy' templates"):
-        ContinualRun(cfg, sources).prepare()
 
 
 def test_every_shipped_config_validates(small_config):
