@@ -78,6 +78,28 @@ def reference_scores(doc: dict, reference: dict) -> list[float]:
     return [scores[task] for task in trained]
 
 
+def cmd_data_check(args: argparse.Namespace) -> None:
+    from cvit.config import load_config
+    from cvit.data.check import check_benchmark, format_checks
+    from cvit.errors import DataError
+    from cvit.validate import validate_benchmark
+
+    cfg, sources = load_config(args.config, args.overrides, sections=("benchmark",))
+    validate_benchmark(cfg, sources)
+    checks = check_benchmark(cfg.benchmark)
+    print(format_checks(checks))
+    if any(c.problems for c in checks):
+        raise DataError(f"data root {cfg.benchmark.root} has problems (listed above)")
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from cvit.config import load_config
+    from cvit.score_file import score_predictions
+
+    cfg, sources = load_config(args.config, args.overrides, sections=("benchmark",))
+    print(json.dumps(score_predictions(cfg, sources, args.task, Path(args.predictions)), indent=2))
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from cvit.report import write_report
 
@@ -129,6 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("--json", action="store_true", help="print JSON")
     metrics.add_argument("--reference", help="matrix JSON whose last row is the FWT reference")
     metrics.set_defaults(func=cmd_metrics)
+    data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
+    check = data.add_parser("check", help="check a data root against a benchmark spec; lists every problem")
+    add_config_args(check)
+    check.set_defaults(func=cmd_data_check)
+    score = sub.add_parser("score", help="score a predictions JSONL ({question_id, text} a line) with a task's scorer")
+    score.add_argument("-c", "--config", action="append", default=[], metavar="YAML", help="benchmark spec")
+    score.add_argument("--task", required=True, help="task name in the spec")
+    score.add_argument("predictions", help="JSONL file, one {question_id, text} object a line")
+    score.add_argument("overrides", nargs="*", metavar="key=value", help="dotlist overrides, e.g. data.root=DIR")
+    score.set_defaults(func=cmd_score)
     report = sub.add_parser("report", help="(re)write a run's report.md and matrix.png")
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)

@@ -90,8 +90,12 @@ def merge_one(base: DictConfig, part: DictConfig, origin: str) -> DictConfig:
         raise ConfigError(f"{origin}: key '{key}': {reason}") from None
 
 
-def load_config(files: Sequence[str | Path], overrides: Sequence[str] = ()) -> tuple[DictConfig, Sources]:
-    """Merge `files` then `overrides` onto the schema. Returns the typed config and key origins."""
+def load_config(
+    files: Sequence[str | Path], overrides: Sequence[str] = (), sections: Sequence[str] | None = None
+) -> tuple[DictConfig, Sources]:
+    """Merge `files` then `overrides` onto the schema. Returns the typed config and key origins.
+    `data.root`, when set, replaces `benchmark.root`. Required keys must be set in every section, or only
+    in `sections` (e.g. ("benchmark",) for the data tools, which load no model)."""
     cfg = OmegaConf.structured(ExperimentConfig)
     sources = Sources()
     parts: list[tuple[DictConfig, str]] = []
@@ -109,7 +113,10 @@ def load_config(files: Sequence[str | Path], overrides: Sequence[str] = ()) -> t
         cfg = merge_one(cfg, part, origin)
         sources.record(part, origin)
     drop_null_callbacks(cfg)
-    check_missing(cfg)
+    if cfg.data.root is not None:
+        cfg.benchmark.root = cfg.data.root
+        sources.record(OmegaConf.create({"benchmark": {"root": cfg.data.root}}), sources.of("data.root"))
+    check_missing(cfg if sections is None else OmegaConf.masked_copy(cfg, list(sections)))
     return cfg, sources
 
 

@@ -10,14 +10,15 @@ import lightning as L
 
 from cvit.data.datamodule import ContinualDataModule
 from cvit.data.stream import Task
+from cvit.eval.mif import following_rate, follows
 from cvit.eval.scorers import get_scorer
 from cvit.module import ContinualModule
 
 
 @dataclass
 class TaskResult:
-    scores: dict[str, float]  # "score" (0-100) plus the scorer's extra keys
-    predictions: list[dict[str, Any]]  # {question_id, prediction, answers, score (0..1)}
+    scores: dict[str, float]  # "score" (0-100) plus the scorer's extra keys, and "mif" (0-100) if judged
+    predictions: list[dict[str, Any]]  # {question_id, prediction, answers, score (0..1), follows}
 
 
 def predict_tasks(
@@ -30,26 +31,35 @@ def predict_tasks(
     return [[text for batch in task_batches for text in batch] for task_batches in per_task]
 
 
-def score_task(datamodule: ContinualDataModule, task: Task, texts: list[str], relaxed: bool) -> TaskResult:
-    records = datamodule.test_records[task.name]
+def score_outputs(task: Task, records: list, texts: list[str], relaxed: bool, caption_metric: str) -> TaskResult:
+    """Score `texts` (one per test record, in order) with the task's scorer and its
+    instruction-following rule."""
     references = [list(record.answers) for record in records]
-    scorer = get_scorer(task.scorer, relaxed=relaxed)
+    scorer = get_scorer(task.scorer, relaxed=relaxed, caption_metric=caption_metric)
     scores = scorer.score(texts, references)
     items = scorer.item_scores(texts, references)
+    rate = following_rate(task.mif, texts, references)
+    if rate is not None:
+        scores["mif"] = rate
     predictions = [
-        {"question_id": record.uid, "prediction": text, "answers": list(record.answers), "score": item}
+        {"question_id": record.uid, "prediction": text, "answers": list(record.answers), "score": item,
+         "follows": None if rate is None else follows(task.mif, text, record.answers)}
         for record, text, item in zip(records, texts, items, strict=True)
     ]
     return TaskResult(scores, predictions)
 
 
 def evaluate_tasks(
-    trainer: L.Trainer, module: ContinualModule, datamodule: ContinualDataModule, tasks: list[Task], relaxed: bool
+    trainer: L.Trainer, module: ContinualModule, datamodule: ContinualDataModule, tasks: list[Task], relaxed: bool,
+    caption_metric: str = "cider",
 ) -> dict[str, TaskResult]:
     if not tasks:
         return {}
     texts = predict_tasks(trainer, module, datamodule, tasks)
-    return {task.name: score_task(datamodule, task, out, relaxed) for task, out in zip(tasks, texts, strict=True)}
+    return {
+        task.name: score_outputs(task, datamodule.test_records[task.name], out, relaxed, caption_metric)
+        for task, out in zip(tasks, texts, strict=True)
+    }
 
 
 def evaluation_trainer(accelerator: str, precision: str) -> L.Trainer:

@@ -19,7 +19,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cvit.config import Sources, to_yaml
 from cvit.data.collate import Collator
@@ -124,7 +124,9 @@ class ContinualRun:
             "tasks": [t.name for t in self.stream], "stages": [s.name for s in self.stages],
             "scorers": {t.name: t.scorer for t in self.stream + self.unseen},
             "relaxed": cfg.eval.relaxed, "unseen_tasks": [t.name for t in self.datamodule.unseen],
-            "matrix": [], "future": [], "unseen": [], "details": {}, "seconds": [], "completed": 0,
+            "protocol": OmegaConf.to_container(cfg.benchmark.protocol),
+            "matrix": [], "future": [], "unseen": [], "mif": [], "unseen_mif": [], "details": {}, "seconds": [],
+            "completed": 0,
         }
 
     def restore(self, index: int) -> None:
@@ -172,6 +174,8 @@ class ContinualRun:
         doc["matrix"].append(row["seen"])
         doc["future"].append(row["future"])
         doc["unseen"].append(row["unseen"])
+        doc["mif"].append(row["seen_mif"])
+        doc["unseen_mif"].append(row["unseen_mif"])
         doc["seconds"].append(round(time.perf_counter() - started, 2))
         doc["completed"] = index + 1
         self.run_dir.save_matrix(doc)
@@ -191,9 +195,15 @@ class ContinualRun:
         trainer = evaluation_trainer(self.cfg.train.accelerator, self.cfg.train.precision)
         results = evaluate_tasks(
             trainer, self.module, self.datamodule, [t for tasks in groups.values() for t in tasks],
-            self.cfg.eval.relaxed,
+            self.cfg.eval.relaxed, self.cfg.benchmark.protocol.caption_metric,
         )
         for name, result in results.items():
             self.run_dir.save_predictions(index, stage.name, name, result.predictions)
             doc["details"].setdefault(name, {})[stage_name(index, stage.name)] = result.scores
-        return {group: [round(results[t.name].scores["score"], 4) for t in tasks] for group, tasks in groups.items()}
+        row = {group: [round(results[t.name].scores["score"], 4) for t in tasks] for group, tasks in groups.items()}
+        for group in ("seen", "unseen"):  # instruction following; None where a task is not judged
+            row[f"{group}_mif"] = [
+                None if "mif" not in results[t.name].scores else round(results[t.name].scores["mif"], 4)
+                for t in groups[group]
+            ]
+        return row

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 import matplotlib
@@ -82,7 +83,8 @@ def _metrics_lines(doc: dict[str, Any]) -> list[str]:
     mode = doc.get("mode", "sequential")
     metrics = run_metrics(doc)
     if mode == "sequential":
-        note = "BWT and Forgetting are divided by T-1, the tasks before the last (ProgLoRA divides BWT by T)."
+        denominator = (doc.get("protocol") or {}).get("bwt_denominator", "T-1")
+        note = f"BWT is divided by {denominator}, Forgetting by T-1 (the tasks before the last)."
     else:
         note = f"A single-stage {mode} run: only Last is defined."
     header = ["metric", "all tasks"]
@@ -101,6 +103,29 @@ def _scorer_lines(doc: dict[str, Any]) -> list[str]:
     table = markdown_table(["task", "scorer"], [list(item) for item in scorers.items()], numeric=False)
     relaxed = ["Relaxed matching is on for vqa, exact and classification.", ""] if doc.get("relaxed") else []
     return ["## Scorers", "", table, "", *relaxed]
+
+
+def _protocol_lines(doc: dict[str, Any]) -> list[str]:
+    protocol = doc.get("protocol") or {}
+    labels = {"follows": "comparable with", "base_model": "base model", "caption_metric": "caption number",
+              "bwt_denominator": "BWT divides by"}
+    lines = [f"- {label}: {protocol[key]}" for key, label in labels.items() if protocol.get(key)]
+    lines += [f"- {note}" for note in protocol.get("notes") or []]
+    return ["## Protocol", "", *lines, ""] if lines else []
+
+
+def _mif_lines(doc: dict[str, Any]) -> list[str]:
+    """Instruction following (SMoLoRA's MIF) of the latest stage: per task and the mean."""
+    tasks = doc["tasks"][: len(doc.get("mif") or [[]][-1])] + (doc.get("unseen_tasks") or [])
+    rates = ((doc.get("mif") or [[]])[-1]) + ((doc.get("unseen_mif") or [[]])[-1])
+    judged = {task: rate for task, rate in zip(tasks, rates, strict=False) if rate is not None}
+    if not judged:
+        return []
+    table = markdown_table(["task", "follows (%)"], [[t, format_value(r)] for t, r in judged.items()])
+    seen = [r for t, r in judged.items() if t in doc["tasks"]]
+    means = f"MIF (trained tasks): {format_value(fmean(seen) if seen else None)}; all judged tasks: " \
+            f"{format_value(fmean(judged.values()))}."
+    return ["## Instruction following (MIF) at the latest evaluation", "", table, "", means, ""]
 
 
 def _unseen_lines(doc: dict[str, Any]) -> list[str]:
@@ -136,7 +161,7 @@ def report_markdown(doc: dict[str, Any], image: str | None) -> str:
         lines += _metrics_lines(doc)
     else:
         lines += ["No stage has completed yet.", ""]
-    lines += _scorer_lines(doc) + _unseen_lines(doc) + _details_lines(doc)
+    lines += _mif_lines(doc) + _protocol_lines(doc) + _scorer_lines(doc) + _unseen_lines(doc) + _details_lines(doc)
     return "\n".join(lines).rstrip() + "\n"
 
 

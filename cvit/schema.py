@@ -41,7 +41,23 @@ class TaskSchema:
     train: str | None = None  # train file; None for evaluation-only (unseen) tasks
     max_new_tokens: int = 16
     unseen: bool = False  # evaluation-only task (generalisation)
-    instructions: dict[str, list[str]] = field(default_factory=dict)  # template variant -> templates
+    # template variant -> templates; a template holding "{question}" wraps the question, any other is
+    # appended on a new line. Data whose text already carries one of the task's templates (any variant)
+    # has it stripped first, so a variant can be swapped on a release's files.
+    instructions: dict[str, list[str]] = field(default_factory=dict)
+    mif: str | None = None  # instruction-following rule: letter | short | caption | box | none; None: from scorer
+    size: dict[str, int] = field(default_factory=dict)  # published record counts {train, test}, for `data check`
+
+
+@dataclass
+class ProtocolSchema:
+    """Choices on which the papers' protocols differ; every report prints them."""
+
+    follows: str = ""  # which paper(s) a number on this spec is comparable with
+    base_model: str = ""  # e.g. "LLaVA-1.5-7B after its own SFT (CoIN)"
+    caption_metric: str = "cider"  # the matrix's caption number: cider | mean (of BLEU-1..4, METEOR, ROUGE-L, CIDEr)
+    bwt_denominator: str = "T-1"  # T-1 (GEM, LLaCA, HiDe) | T (ProgLoRA's tables)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -51,11 +67,14 @@ class BenchmarkSchema:
     tasks: dict[str, TaskSchema] = field(default_factory=dict)
     orders: dict[str, list[str]] = field(default_factory=dict)
     order: Any = "default"  # a name from `orders` or an explicit list of task names
-    templates: str = "single"  # which instruction-template variant of each task to use
+    templates: str = "single"  # which instruction-template variant of each task to use; as_is: the data's text
+    size_tolerance: float = 0.0  # relative slack of `size` checks (published tables that round to thousands)
+    protocol: ProtocolSchema = field(default_factory=ProtocolSchema)
 
 
 @dataclass
 class DataSchema:
+    root: str | None = None  # the data root; when set it replaces benchmark.root
     batch_size: int = 16
     eval_batch_size: int = 32
     num_workers: int = 0

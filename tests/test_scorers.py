@@ -22,9 +22,14 @@ from cvit.eval.scorers import SCORER_NAMES, box_iou, extract_choice, get_scorer,
         ("black/white", "black white"),
         ("yes, it is", "yes it is"),
         ("dont", "don't"),
-        ("Don\u2019t", "don't"),
-        ("CAFÉ (Naïve)", "café naïve"),
-        ("«Bonjour»", "bonjour"),
+        ("Don\u2019t", "don\u2019t"),  # only the ASCII apostrophe is known
+        ("CAFÉ (Naïve)", "café naïve"),  # " (" touches a space: deleted; ")" does not: a space
+        ("«Bonjour»", "«bonjour»"),  # not in the punctuation list
+        ("a-b -c", "ab c"),  # " -" occurs, so every "-" is deleted
+        ("x-ray", "x ray"),
+        ("The poster shows a 10% discount.", "poster shows 10% discount"),
+        ("it's red?", "it 's red"),
+        ("none", "0"),
         ("", ""),
     ],
 )
@@ -33,7 +38,9 @@ def test_normalize_answer(text, expected):
 
 
 def test_scorer_names_and_unknown_scorer():
-    assert set(SCORER_NAMES) == {"vqa", "exact", "choice", "classification", "grounding", "caption"}
+    assert set(SCORER_NAMES) == {
+        "vqa", "exact", "gqa", "ocr", "choice", "classification", "classification_ci", "grounding", "caption"
+    }
     with pytest.raises(ValueError, match="known scorers: vqa, exact.*caption"):
         get_scorer("bleu")
 
@@ -53,12 +60,12 @@ def test_inputs_are_checked():
 # ---- vqa --------------------------------------------------------------------------------------------
 
 
-def test_vqa_single_reference_uses_normalisation():
-    scorer = get_scorer("vqa")
-    predictions = ["Two", "a dog.", "The cat", "CAFÉ", "cafe", ""]
-    references = [["2"], ["dog"], ["dog"], ["café"], ["café"], ["yes"]]
-    assert scorer.item_scores(predictions, references) == [1.0, 1.0, 0.0, 1.0, 0.0, 0.0]
-    assert scorer.score(predictions, references) == {"score": pytest.approx(100 * 3 / 6)}
+def test_vqa_with_fewer_than_ten_answers_is_case_insensitive_exact_match():
+    scorer = get_scorer("vqa")  # CoIN's single-answer VQAv2 / VizWiz files: pred.upper() == answer.upper()
+    predictions = ["Two", "a dog.", "DOG", "CAFÉ", "cafe", "", "no", " Yes "]
+    references = [["2"], ["dog"], ["dog"], ["café"], ["café"], ["yes"], ["yes", "no"], ["yes"]]
+    assert scorer.item_scores(predictions, references) == [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]
+    assert scorer.score(predictions, references) == {"score": pytest.approx(100 * 4 / 8)}
 
 
 def test_vqa_soft_accuracy_with_ten_answers():
@@ -100,17 +107,30 @@ def test_relaxed_soft_accuracy_counts_contained_answers():
 def test_exact_match():
     scorer = get_scorer("exact")
     predictions = ["Paris.", "  PARIS ", "the Paris", "Straße", "paris!"]
-    assert scorer.item_scores(predictions, [["paris"]] * 4 + [["paris"]]) == [1.0, 1.0, 0.0, 0.0, 0.0]
-    assert scorer.item_scores(["STRASSE"], [["Straße"]]) == [1.0]  # casefold
+    assert scorer.item_scores(predictions, [["paris"]] * 5) == [0.0, 1.0, 0.0, 0.0, 0.0]
+    assert scorer.item_scores(["STRASSE"], [["Straße"]]) == [1.0]  # str.upper, as the original
     relaxed = get_scorer("exact", relaxed=True).score(predictions, [["paris"]] * 5)
-    assert relaxed == {"score": pytest.approx(80.0), "strict": pytest.approx(40.0)}  # not "Straße"
+    assert relaxed == {"score": pytest.approx(80.0), "strict": pytest.approx(20.0)}  # not "Straße"
+
+
+def test_gqa_and_ocr_rules():
+    gqa = get_scorer("gqa")
+    predictions = ["Yes.", "yes", " Left..", "the left", ""]
+    assert gqa.item_scores(predictions, [["yes"], ["yes"], ["left"], ["left"], ["no"]]) == [1.0, 1.0, 1.0, 0.0, 0.0]
+    ocr = get_scorer("ocr")
+    predictions = ["The Hobbit", "Unanswerable", "unanswerable", "Yes", "yes."]
+    references = [["the hobbit"], ["Unanswerable"], ["unanswerable"], ["yes"], ["yes"]]
+    assert ocr.item_scores(predictions, references) == [1.0, 0.0, 1.0, 1.0, 0.0]
 
 
 def test_classification():
     scorer = get_scorer("classification")
     predictions = ["Golden Retriever.", "a tabby cat", "It is a golden retriever", "cat"]
     references = [["golden retriever"], ["tabby cat", "cat"], ["golden retriever"], ["dog"]]
-    assert scorer.item_scores(predictions, references) == [1.0, 1.0, 0.0, 0.0]
+    # CoIN: either string contains the other, case-sensitive
+    assert scorer.item_scores(predictions, references) == [0.0, 1.0, 1.0, 0.0]
+    assert scorer.item_scores(["gold", "", "retriever"], [["golden retriever"]] * 3) == [1.0, 0.0, 1.0]
+    assert get_scorer("classification_ci").item_scores(predictions, references) == [1.0, 1.0, 1.0, 0.0]
     relaxed = get_scorer("classification", relaxed=True)
     assert relaxed.item_scores(predictions, references) == [1.0, 1.0, 1.0, 0.0]
     assert relaxed.score(predictions, references) == {"score": 75.0, "strict": 50.0}
@@ -124,8 +144,10 @@ def test_classification():
     [
         ("A", "A"), ("A.", "A"), ("b", "B"), ("(B)", "B"), (" C) ", "C"), ("D. a red car", "D"),
         ("(C) the moon", "C"), ("The answer is A", "A"), ("the answer is (B).", "B"), ("Answer: C", "C"),
-        ("I think B is right", "B"), ("The correct option is D.", "D"), ("I'm sure it's C", "C"),
-        ("Apple", None), ("none of these", None), ("", None), ("É", None),
+        ("The correct option is D.", "D"), ("a", "A"), ("E. 3/4", "E"),
+        # the official rule's quirks: the first single-character word, whatever it is
+        ("I think B is right", "I"), ("it's C", "S"), ("2. B", "2"), ("É", "É"),
+        ("Apple", None), ("none of these", None), ("", None), ("BC", None),
     ],
 )
 def test_extract_choice(text, letter):
@@ -151,6 +173,9 @@ def test_parse_box():
     assert parse_box("[0.75, 1.0, 0.25, 0.5]") == (0.25, 0.5, 0.75, 1.0)  # swapped corners are ordered
     assert parse_box("[0.1, 0.2, 0.3]") is None
     assert parse_box("") is None
+    assert parse_box("2 people: [ 0.1 ,0.2,0.3 , 0.4 ].") == (0.1, 0.2, 0.3, 0.4)  # the bracketed group first
+    assert parse_box("(0.1 0.2 0.3 0.4)") == (0.1, 0.2, 0.3, 0.4)
+    assert parse_box("x1=0.1, y1=0.2, x2=0.3, y2=0.4") == (0.1, 0.2, 0.3, 0.4)  # names' digits skipped
 
 
 def test_box_iou():

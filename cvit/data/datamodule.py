@@ -88,13 +88,14 @@ class ContinualDataModule(L.LightningDataModule):
 
     def instructions(self, task: Task) -> list[str]:
         """The instruction texts (question + template) of a task's training records, in record order."""
-        return [record_instruction(r, task.templates, self.seed) for r in self.train_records[task.name]]
+        records = self.train_records[task.name]
+        return [record_instruction(r, task.templates, self.seed, task.known_templates) for r in records]
 
     def train_set(self, task: Task, loss_weight: float = 1.0) -> TrainSet:
-        return TrainSet(self.train_records[task.name], task.templates, self.seed, loss_weight)
+        return TrainSet(self.train_records[task.name], task.templates, self.seed, task.known_templates, loss_weight)
 
     def test_set(self, task: Task) -> TestSet:
-        return TestSet(self.test_records[task.name], task.templates, self.seed)
+        return TestSet(self.test_records[task.name], task.templates, self.seed, task.known_templates)
 
     def train_dataloader(self) -> DataLoader:
         if not self.stage:

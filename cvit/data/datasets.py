@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from PIL import Image
@@ -21,13 +23,37 @@ def load_image(path, uid: str) -> Image.Image:
         raise DataError(f"record {uid}: unreadable image {path}: {err}") from None
 
 
-def record_instruction(record, templates: tuple[str, ...], seed: int) -> str:
-    """The record's question with one of the task's templates, drawn per record, deterministic in
-    (seed, record id); the bare question when the task has no templates."""
+def _words(text: str) -> str:
+    return r"\s+".join(map(re.escape, text.split()))
+
+
+@cache
+def _template_pattern(template: str) -> re.Pattern:
+    """Matches a question carrying `template`; group "q" is the question without it."""
+    if "{question}" in template:
+        before, after = template.split("{question}", 1)
+        return re.compile(rf"\s*{_words(before)}\s*(?P<q>.*?)\s*{_words(after.rstrip('.'))}\.?\s*", re.I | re.S)
+    return re.compile(rf"(?P<q>.*?)\s*{_words(template.rstrip('.'))}\.?\s*", re.I | re.S)
+
+
+def strip_instruction(question: str, known: tuple[str, ...]) -> str:
+    """`question` without the first (longest) of the `known` templates it already carries, so data whose
+    text holds one variant's instruction can be given another's."""
+    for template in sorted(known, key=len, reverse=True):
+        match = _template_pattern(template).fullmatch(question)
+        if match:
+            return match.group("q")
+    return question
+
+
+def record_instruction(record, templates: tuple[str, ...], seed: int, known: tuple[str, ...] = ()) -> str:
+    """The record's question (stripped of any `known` template it carries) with one of the task's
+    `templates`, drawn per record, deterministic in (seed, record id); the question as it is when the
+    task has no templates (e.g. benchmark.templates=as_is)."""
     if not templates:
         return instruction_text(record.question, None)
     template = templates[random.Random(f"{seed}/{record.uid}").randrange(len(templates))]
-    return instruction_text(record.question, template)
+    return instruction_text(strip_instruction(record.question, known), template)
 
 
 @dataclass
@@ -37,6 +63,7 @@ class RecordSet(Dataset):
     records: list
     templates: tuple[str, ...]
     seed: int
+    known: tuple[str, ...] = ()  # every variant's templates, stripped from questions that carry one
 
     def __len__(self) -> int:
         return len(self.records)
@@ -46,7 +73,7 @@ class RecordSet(Dataset):
         record = self.records[index]
         return record, {
             "image": load_image(record.image, record.uid),
-            "instruction": record_instruction(record, self.templates, self.seed),
+            "instruction": record_instruction(record, self.templates, self.seed, self.known),
         }
 
 

@@ -74,9 +74,9 @@ def field(record: Any, key: str, where: str, kind: type | tuple[type, ...] = str
     return value
 
 
-def image_path(root: Path, record: Any, where: str) -> Path:
+def image_path(root: Path, record: Any, where: str, check: bool = True) -> Path:
     path = root / field(record, "image", where)
-    if not path.is_file():
+    if check and not path.is_file():
         raise DataError(f"{where}: image not found: {path}")
     return path
 
@@ -85,29 +85,48 @@ def strip_marker(text: str) -> str:
     return text.replace(IMAGE_MARKER, "").strip()
 
 
+def parse_train(record: Any, where: str, root: Path, check_image: bool = True) -> TrainRecord:
+    uid = str(field(record, "id", where, (str, int)))
+    turns = field(record, "conversations", where, list)
+    human = next((t for t in turns if isinstance(t, dict) and t.get("from") == "human"), None)
+    gpt = next((t for t in turns if isinstance(t, dict) and t.get("from") == "gpt"), None)
+    if human is None or gpt is None:
+        raise DataError(f"{where} (id {uid}): field 'conversations' needs a 'human' and a 'gpt' turn")
+    question = strip_marker(field(human, "value", f"{where} conversations[human]"))
+    answer = field(gpt, "value", f"{where} conversations[gpt]")
+    return TrainRecord(uid, image_path(root, record, where, check_image), question, answer)
+
+
 def load_train(path: Path, root: Path) -> list[TrainRecord]:
-    out = []
-    for where, record in read_json_records(path):
-        uid = str(field(record, "id", where, (str, int)))
-        turns = field(record, "conversations", where, list)
-        human = next((t for t in turns if isinstance(t, dict) and t.get("from") == "human"), None)
-        gpt = next((t for t in turns if isinstance(t, dict) and t.get("from") == "gpt"), None)
-        if human is None or gpt is None:
-            raise DataError(f"{where} (id {uid}): field 'conversations' needs a 'human' and a 'gpt' turn")
-        question = strip_marker(field(human, "value", f"{where} conversations[human]"))
-        answer = field(gpt, "value", f"{where} conversations[gpt]")
-        out.append(TrainRecord(uid, image_path(root, record, where), question, answer))
-    return out
+    return [parse_train(record, where, root) for where, record in read_json_records(path)]
 
 
-def load_test(path: Path, root: Path) -> list[TestRecord]:
-    out = []
-    for where, record in read_json_records(path):
-        uid = str(field(record, "question_id", where, (str, int)))
-        question = strip_marker(field(record, "text", where))
-        answer = field(record, "answer", where, (str, list))
-        answers = (answer,) if isinstance(answer, str) else tuple(str(a) for a in answer)
-        if not answers:
-            raise DataError(f"{where} (id {uid}): field 'answer' is an empty list")
-        out.append(TestRecord(uid, image_path(root, record, where), question, answers))
-    return out
+def parse_test(record: Any, where: str, root: Path, check_image: bool = True) -> TestRecord:
+    """A test record; `answer` may also come as `answers` (strings or VQA-style {"answer": ...} objects)
+    or, for grounding, as CoIN's `answer_bbox` (a normalised "[x1, y1, x2, y2]" string or list)."""
+    uid = str(field(record, "question_id", where, (str, int)))
+    question = strip_marker(field(record, "text", where))
+    return TestRecord(uid, image_path(root, record, where, check_image), question, test_answers(record, where, uid))
+
+
+def load_test(path: Path, root: Path, check_images: bool = True) -> list[TestRecord]:
+    return [parse_test(record, where, root, check_images) for where, record in read_json_records(path)]
+
+ANSWER_KEYS = ("answer", "answers", "answer_bbox")
+
+
+def test_answers(record: dict, where: str, uid: str) -> tuple[str, ...]:
+    """The references of a test record from the first of ANSWER_KEYS it has."""
+    key = next((k for k in ANSWER_KEYS if k in record), "answer")
+    value = field(record, key, where, (str, list))
+    if key == "answer_bbox" and isinstance(value, list):
+        if len(value) != 4 or not all(isinstance(v, int | float) for v in value):
+            raise DataError(f"{where} (id {uid}): field 'answer_bbox' must hold four numbers, got {value!r}")
+        value = "[" + ", ".join(str(v) for v in value) + "]"
+    if isinstance(value, str):
+        return (value,)
+    answers = tuple(a.get("answer") if isinstance(a, dict) else a for a in value)
+    if not answers or not all(isinstance(a, str) for a in answers):
+        raise DataError(f"{where} (id {uid}): field '{key}' must be a non-empty list of strings "
+                        '(or of {"answer": ...} objects)')
+    return answers

@@ -9,6 +9,7 @@ from omegaconf import DictConfig, ListConfig
 
 from cvit.config import Sources
 from cvit.errors import ConfigError
+from cvit.eval.mif import default_rule
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class Task:
     scorer: str
     max_new_tokens: int
     templates: tuple[str, ...]  # instruction templates appended to the question; empty = none
+    mif: str = "short"  # instruction-following rule (cvit.eval.mif)
+    known_templates: tuple[str, ...] = ()  # every variant's templates (stripped from data that carries one)
 
     @property
     def unseen(self) -> bool:
@@ -62,7 +65,7 @@ def build_tasks(bench: DictConfig, sources: Sources) -> tuple[list[Task], list[T
     def make(name: str, index: int) -> Task:
         spec = bench.tasks[name]
         templates: tuple[str, ...] = ()
-        if spec.instructions:
+        if spec.instructions and bench.templates != "as_is":
             if bench.templates not in spec.instructions:
                 raise ConfigError(
                     f"{sources.of(f'benchmark.tasks.{name}.instructions')}: key "
@@ -73,7 +76,8 @@ def build_tasks(bench: DictConfig, sources: Sources) -> tuple[list[Task], list[T
         return Task(
             name=name, index=index, train_file=root / spec.train if spec.train else None,
             test_file=root / spec.test, scorer=spec.scorer, max_new_tokens=spec.max_new_tokens,
-            templates=templates,
+            templates=templates, mif=spec.mif or default_rule(spec.scorer),
+            known_templates=tuple(t for variant in spec.instructions.values() for t in variant),
         )
 
     stream = [make(name, i) for i, name in enumerate(order)]

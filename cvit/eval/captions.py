@@ -48,13 +48,21 @@ def _meteor():
     return Meteor()
 
 
+CAPTION_METRICS = ("cider", "mean")
+
+
 class CaptionScorer:
-    """Corpus captioning metrics from pycocoevalcap on PTB-tokenised text: bleu1..bleu4, meteor,
-    rouge_l, cider, each x100, plus "mean" (of those seven, UCIT's caption number) and "score" = cider.
-    CIDEr-D ranges over 0..10, so cider (and score) may exceed 100; its IDF comes from the corpus's
-    references, so a corpus of one item always scores CIDEr 0."""
+    """Corpus captioning metrics from pycocoevalcap on PTB-tokenised text (as COCOEvalCap computes
+    them): bleu1..bleu4, meteor, rouge_l, cider, each x100, plus "mean" (of those seven, UCIT's caption
+    number) and "score" = the `metric` one (cider or mean). CIDEr-D ranges over 0..10, so cider may
+    exceed 100; its IDF comes from the corpus's references, so a corpus of one item scores CIDEr 0."""
 
     name = "caption"
+
+    def __init__(self, metric: str = "cider") -> None:
+        if metric not in CAPTION_METRICS:
+            raise ValueError(f"unknown caption metric {metric!r}; known: {', '.join(CAPTION_METRICS)}")
+        self.metric = metric
 
     def score(self, predictions: list[str], references: list[list[str]]) -> dict[str, float]:
         gts, res = _tokenized(predictions, references)
@@ -65,7 +73,7 @@ class CaptionScorer:
         metrics["cider"] = Cider().compute_score(gts, res)[0]
         result = {key: 100 * float(value) for key, value in metrics.items()}
         result["mean"] = fmean(result.values())
-        result["score"] = result["cider"]
+        result["score"] = result[self.metric]
         return result
 
     def item_scores(self, predictions: list[str], references: list[list[str]]) -> list[float]:

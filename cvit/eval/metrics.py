@@ -40,12 +40,13 @@ def _validated(matrix: Any) -> list[list[float]]:
 
 
 def continual_metrics(
-    matrix: list[list[float]], reference: list[float] | None = None, columns: list[int] | None = None
+    matrix: list[list[float]], reference: list[float] | None = None, columns: list[int] | None = None,
+    bwt_denominator: str = "T-1",
 ) -> dict[str, float | None]:
     """Metrics in the matrix's own scale, T = number of rows:
     last = mean_i A[T-1][i]; maa = mean_j mean_{i<=j} A[j][i]; new_acc = mean_i A[i][i];
     bwt = mean_{i<T-1} (A[T-1][i] - A[i][i]); forgetting = mean_{i<T-1} (max_{i<=j<T-1} A[j][i] - A[T-1][i])
-    (both None when T == 1; BWT divides by T-1, ProgLoRA's tables by T).
+    (both None when T == 1; BWT divides by T-1, or by T with bwt_denominator="T" as ProgLoRA's tables do).
     With `reference` (T per-task scores, e.g. zero-shot or trained in isolation) also fwt: when every row
     j < T-1 holds task j+1, the GEM form mean_{0<i<T} (A[i-1][i] - reference[i]); otherwise (triangular
     rows, or T == 1) ProgLoRA's form mean_i (A[i][i] - reference[i]).
@@ -64,7 +65,8 @@ def continual_metrics(
     metrics: dict[str, float | None] = {
         "last": fmean(last[i] for i in kept),
         "maa": fmean(fmean(seen) for seen in seen_per_stage if seen),
-        "bwt": fmean(last[i] - diagonal[i] for i in earlier) if earlier else None,
+        "bwt": sum(last[i] - diagonal[i] for i in earlier) / (len(earlier) + (bwt_denominator == "T"))
+        if earlier else None,
         "forgetting": fmean(max(rows[j][i] for j in range(i, size - 1)) - last[i] for i in earlier)
         if earlier else None,
         "new_acc": fmean(diagonal[i] for i in kept),
@@ -129,7 +131,10 @@ def run_metrics(doc: dict[str, Any], exclude_scorers: tuple[str, ...] = ()) -> d
     if not doc["matrix"] or not [i for i in columns if i < len(doc["matrix"][-1])]:
         return undefined  # no stage completed yet, or no selected task evaluated yet
     if doc.get("mode", "sequential") == "sequential":
-        return continual_metrics(doc["matrix"], columns=[i for i in columns if i < len(doc["matrix"])])
+        denominator = (doc.get("protocol") or {}).get("bwt_denominator", "T-1")
+        return continual_metrics(
+            doc["matrix"], columns=[i for i in columns if i < len(doc["matrix"])], bwt_denominator=denominator
+        )
     row = doc["matrix"][-1]
     return {**undefined, "last": fmean(row[i] for i in columns)}
 

@@ -2,7 +2,7 @@
 
 `score` returns corpus numbers on a 0..100 scale, "score" being the one the accuracy matrix records;
 `item_scores` returns one number in 0..1 per item. Every item has a non-empty list of references.
-`relaxed=True` changes vqa, exact and classification only (the others ignore it): an item also counts
+`relaxed=True` changes the short-answer scorers only (RELAXABLE; the others ignore it): an item also counts
 when a normalised reference occurs as a whole-word sequence inside the normalised prediction; "score" is
 then the relaxed number, "strict" the plain rule's, and `item_scores` follow the relaxed rule.
 """
@@ -41,76 +41,118 @@ def _contains(prediction: str, reference: str) -> bool:
     return bool(ref) and any(words[i:i + len(ref)] == ref for i in range(len(words) - len(ref) + 1))
 
 
-def _hits(prediction: str, references: Sequence[str], relaxed: bool) -> list[bool]:
-    """Per reference: does the prediction match it? An empty normalised prediction matches nothing
-    (a reference may normalise to "", e.g. "a")."""
+def _relaxed_hit(prediction: str, references: Sequence[str]) -> bool:
+    """The relaxed rule: a normalised reference occurs as whole words in the normalised prediction
+    (an empty normalised prediction matches nothing; a reference may normalise to "", e.g. "a")."""
     pred = normalize_answer(prediction)
-    refs = map(normalize_answer, references)
-    return [bool(pred) and (pred == ref or (relaxed and _contains(pred, ref))) for ref in refs]
+    return bool(pred) and any(pred == ref or _contains(pred, ref) for ref in map(normalize_answer, references))
+
+
+def _relaxable(strict: Judge) -> Callable[..., float]:
+    """A judge taking `relaxed`: relaxed also accepts `_relaxed_hit`."""
+
+    def judge(prediction: str, references: Sequence[str], relaxed: bool = False) -> float:
+        return float(strict(prediction, references) or (relaxed and _relaxed_hit(prediction, references)))
+
+    judge.__doc__ = strict.__doc__
+    return judge
+
+
+def _exact(prediction: str, references: Sequence[str]) -> float:
+    """CoIN's VizWiz / VQAv2 and UCIT's option and word tasks: pred.upper() == answer.upper() (outer
+    whitespace stripped, as generation does; a trailing period makes it wrong)."""
+    pred = prediction.strip().upper()
+    return float(any(pred == ref.strip().upper() for ref in references))
+
+
+
+
+def _gqa(prediction: str, references: Sequence[str]) -> float:
+    """GQA's rule (LLaVA's convert_gqa_for_eval + eval_gqa): trailing periods stripped, lowercased,
+    then equal to the (lowercase) answer."""
+    pred = prediction.strip().rstrip(".").lower()
+    return float(any(pred == ref.strip().lower() for ref in references))
+
+
+def _ocr(prediction: str, references: Sequence[str]) -> float:
+    """CoIN's OCR-VQA rule: an output containing "Unanswerable" is wrong; otherwise lowercased equality."""
+    if "Unanswerable" in prediction:
+        return 0.0
+    pred = prediction.strip().lower()
+    return float(any(pred == ref.strip().lower() for ref in references))
+
+
+def _contained(prediction: str, references: Sequence[str], fold: Callable[[str], str]) -> float:
+    pred = fold(prediction.strip())
+    return float(bool(pred) and any(fold(ref) in pred or pred in fold(ref) for ref in references))
+
+
+def _classification(prediction: str, references: Sequence[str]) -> float:
+    """CoIN's ImageNet rule: the label is a substring of the prediction or the prediction of the label,
+    case-sensitive, no normalisation. Unlike the original (where "" is in every label), an empty
+    prediction is wrong."""
+    return _contained(prediction, references, str)
+
+
+def _classification_ci(prediction: str, references: Sequence[str]) -> float:
+    """SMoLoRA's classification rule (CVIT ImageNet, Places365): `classification` on upper-cased text."""
+    return _contained(prediction, references, str.upper)
+
+
+exact_match = _relaxable(_exact)
+gqa_match = _relaxable(_gqa)
+ocr_match = _relaxable(_ocr)
+classification_match = _relaxable(_classification)
+classification_ci_match = _relaxable(_classification_ci)
 
 
 def vqa_accuracy(prediction: str, references: Sequence[str], relaxed: bool = False) -> float:
-    """With >= 10 references (VQAv2) the soft accuracy: the mean over the leave-one-out subsets of
-    min(1, matching answers / 3); otherwise 1.0 if the prediction matches any reference. Matching is
-    on `normalize_answer` forms."""
-    hits = _hits(prediction, references, relaxed)
-    if len(hits) < 10:
-        return float(any(hits))
+    """With >= 10 references, TextVQA's soft accuracy (LLaVA m4c_evaluator) on EvalAI-normalised forms:
+    the mean over the leave-one-out subsets of min(1, matching answers / 3); with fewer, the `exact`
+    rule. Relaxed, a reference also matches when it occurs as whole words in the prediction."""
+    if len(references) < 10:
+        return exact_match(prediction, references, relaxed)
+    pred = normalize_answer(prediction)
+    refs = map(normalize_answer, references)
+    hits = [pred == ref or (relaxed and bool(pred) and _contains(pred, ref)) for ref in refs]
     matches = sum(hits)
     return fmean(min(1.0, (matches - hit) / 3) for hit in hits)
 
 
-def classification_match(prediction: str, references: Sequence[str], relaxed: bool = False) -> float:
-    """1.0 if the normalised prediction equals a normalised reference label."""
-    return float(any(_hits(prediction, references, relaxed)))
-
-
-def _exact_form(text: str) -> str:
-    return text.strip().rstrip(".").strip().casefold()
-
-
-def exact_match(prediction: str, references: Sequence[str], relaxed: bool = False) -> float:
-    """1.0 if the prediction equals a reference ignoring case, outer whitespace and trailing periods;
-    relaxed also accepts the relaxed rule on normalised forms."""
-    pred = _exact_form(prediction)
-    strict = any(pred == _exact_form(ref) for ref in references)
-    return float(strict or (relaxed and any(_hits(prediction, references, True))))
-
-
 # ---- multiple choice -----------------------------------------------------------------------------
 
-_BARE_LETTER = re.compile(r"\(?([A-Za-z])\)?[.):]?")  # the whole answer: "A", "b", "(C)", "D."
-_LEADING_LETTER = re.compile(r"\(?([A-Z])[.):\]]")  # "A. cat", "(B) dog", "C) ..."
-_ANSWER_IS = re.compile(r"(?i:answer)(?:\s+is)?\s*:?\s*\(?([A-Z])(?![\w'\u2019])")
-# A standalone capital letter, not the pronoun "I" in "I think".
-_STANDALONE_LETTER = re.compile(r"(?<![\w'\u2019])(?!I\s+[a-z])([A-Z])(?![\w'\u2019])")
+_SINGLE_CHARACTER_WORD = re.compile(r"\b(\w)\b")
 
 
 def extract_choice(text: str) -> str | None:
-    """The option letter of a multiple-choice answer, tried in order: the whole answer a letter
-    ("A", "(b)", "C."); a leading "A." / "A)" / "(A)"; "the answer is A" / "Answer: (A)"; the first
-    standalone capital letter. None if there is none."""
-    text = text.strip()
-    match = _BARE_LETTER.fullmatch(text) or _LEADING_LETTER.match(text)
-    match = match or _ANSWER_IS.search(text) or _STANDALONE_LETTER.search(text)
+    """The option letter as ScienceQA's evaluation (LLaVA eval_science_qa) reads it: the whole output
+    when it is a letter, else a leading "X. ", else the first single-character word, upper-cased. The
+    first two cases are instances of the third, so that rule alone is applied: "b" -> "B",
+    "(C) cat" -> "C", "The answer is A" -> "A", "I think B" -> "I". None if there is no such word."""
+    match = _SINGLE_CHARACTER_WORD.search(text.strip())
     return match.group(1).upper() if match else None
 
 
 def choice_match(prediction: str, references: Sequence[str]) -> float:
-    """1.0 if the prediction's option letter equals a reference's letter; no letter scores 0."""
+    """1.0 if the prediction's letter equals a reference's letter; no letter scores 0."""
     letter = extract_choice(prediction)
     return float(letter is not None and any(letter == extract_choice(ref) for ref in references))
 
 
 # ---- grounding -----------------------------------------------------------------------------------
 
-_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
+_NUMBER = r"(?<![\w.])(?:\d+(?:\.\d*)?|\.\d+)"  # not the digit of a name such as "x1"
+_BRACKETED_BOX = re.compile(r"[\[(]\s*" + r"(?:\s*[,;]\s*|\s+)".join([f"({_NUMBER})"] * 4) + r"\s*[\])]")
 
 
 def parse_box(text: str) -> Box | None:
-    """The first four unsigned numbers in `text` as (x1, y1, x2, y2), each pair put in order; None if
-    there are fewer than four."""
-    numbers = [float(number) for number in _NUMBER.findall(text)[:4]]
+    """(x1, y1, x2, y2) from free text, each pair put in order: the first bracketed group of four
+    unsigned numbers ("[0.1, 0.2, 0.3, 0.4]", "(0.1 0.2 0.3 0.4)"), else the first four numbers
+    anywhere ("x1=0.1, ..." reads 0.1, ...); None if there are fewer than four. (CoIN's own parser needs
+    the bare list and, by a slicing slip, drops the last digit of the last coordinate; this one reads the
+    box as written and forgives wrapping text.)"""
+    bracketed = _BRACKETED_BOX.search(text)
+    numbers = [float(n) for n in (bracketed.groups() if bracketed else re.findall(_NUMBER, text)[:4])]
     if len(numbers) < 4:
         return None
     x1, y1, x2, y2 = numbers
@@ -159,17 +201,19 @@ class MeanScorer:
 
 
 _JUDGES: dict[str, Judge] = {
-    "vqa": vqa_accuracy, "exact": exact_match, "choice": choice_match,
-    "classification": classification_match, "grounding": grounding_hit,
+    "vqa": vqa_accuracy, "exact": exact_match, "gqa": gqa_match, "ocr": ocr_match, "choice": choice_match,
+    "classification": classification_match, "classification_ci": classification_ci_match,
+    "grounding": grounding_hit,
 }
-RELAXABLE = ("vqa", "exact", "classification")
+RELAXABLE = ("vqa", "exact", "gqa", "ocr", "classification", "classification_ci")
 SCORER_NAMES: tuple[str, ...] = (*_JUDGES, "caption")
 
 
-def get_scorer(name: str, relaxed: bool = False) -> Scorer:
-    """The scorer called `name` (one of SCORER_NAMES); ValueError naming the known ones otherwise."""
+def get_scorer(name: str, relaxed: bool = False, caption_metric: str = "cider") -> Scorer:
+    """The scorer called `name` (one of SCORER_NAMES); ValueError naming the known ones otherwise.
+    `caption_metric` (one of captions.CAPTION_METRICS) is the caption scorer's "score"."""
     if name == "caption":
-        return CaptionScorer()
+        return CaptionScorer(caption_metric)
     if name not in _JUDGES:
         raise ValueError(f"unknown scorer {name!r}; known scorers: {', '.join(SCORER_NAMES)}")
     judge = _JUDGES[name]

@@ -31,5 +31,10 @@ FORMATS = {
 
 
 def instruction_text(question: str, template: str | None) -> str:
-    """The user's instruction: the record's question followed by the task's template, if any."""
-    return f"{question}\n{template}" if template else question
+    """The user's instruction: a template holding "{question}" with the question put in its place;
+    any other template after the question on a new line (alone when the question is empty)."""
+    if not template:
+        return question
+    if "{question}" in template:
+        return template.replace("{question}", question)
+    return f"{question}\n{template}" if question else template
