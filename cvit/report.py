@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from cvit.atomic import write_text, write_with
 from cvit.eval.metrics import METRIC_LABELS, format_value, read_matrix_doc, run_metrics
 
-TABLE_METRICS = ("last", "maa", "bwt", "forgetting", "new_acc")
+TABLE_METRICS = ("last", "maa", "bwt", "forgetting", "new_acc", "mif")
 
 
 def markdown_table(header: list[str], body: list[list[str]], numeric: bool = True) -> str:

@@ -11,7 +11,7 @@ def test_metrics_command_json(tmp_path, capsys):
     path.write_text(json.dumps({"tasks": ["a", "b"], "matrix": [[80.0], [60.0, 90.0]]}))
     assert main(["metrics", str(path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out == {"last": 75.0, "maa": 77.5, "bwt": -20.0, "forgetting": 20.0, "new_acc": 85.0}
+    assert out == {"last": 75.0, "maa": 77.5, "bwt": -20.0, "forgetting": 20.0, "new_acc": 85.0, "mif": None}
 
 
 def test_metrics_command_reports_bad_input_without_traceback(tmp_path, capsys):

@@ -114,11 +114,11 @@ def test_heatmap_figure_annotates_present_cells():
 
 def test_metrics_table():
     rows = {
-        "seqlora": {"last": 75.0, "maa": 77.5, "bwt": -20.0, "forgetting": 20.0, "new_acc": 85.0},
+        "seqlora": {"last": 75.0, "maa": 77.5, "bwt": -20.0, "forgetting": 20.0, "new_acc": 85.0, "mif": 90.0},
         "zeroshot": {"last": 10.0, "maa": None, "bwt": None, "forgetting": None, "new_acc": None},
     }
     text = metrics_table(rows)
-    assert table_row(text, "method") == ["method", "Last (ACC)", "MAA", "BWT", "Forgetting", "New.ACC"]
-    assert table_row(text, "seqlora") == ["seqlora", "75.00", "77.50", "-20.00", "20.00", "85.00"]
-    assert table_row(text, "zeroshot") == ["zeroshot", "10.00", "-", "-", "-", "-"]
+    assert table_row(text, "method") == ["method", "Last (ACC)", "MAA", "BWT", "Forgetting", "New.ACC", "MIF"]
+    assert table_row(text, "seqlora") == ["seqlora", "75.00", "77.50", "-20.00", "20.00", "85.00", "90.00"]
+    assert table_row(text, "zeroshot") == ["zeroshot", "10.00", "-", "-", "-", "-", "-"]
     assert len({len(line) for line in text.splitlines()}) == 1

@@ -16,7 +16,7 @@ from cvit.errors import DataError
 
 METRIC_LABELS = {
     "last": "Last (ACC)", "maa": "MAA", "bwt": "BWT", "forgetting": "Forgetting", "new_acc": "New.ACC",
-    "fwt": "FWT",
+    "fwt": "FWT", "mif": "MIF",
 }
 
 
@@ -127,16 +127,20 @@ def run_metrics(doc: dict[str, Any], exclude_scorers: tuple[str, ...] = ()) -> d
     `exclude_scorers` leaves out tasks scored that way (e.g. ("caption",): CIDEr x100 is not 0-100)."""
     scorers = doc.get("scorers", {})
     columns = [i for i, task in enumerate(doc["tasks"]) if scorers.get(task) not in exclude_scorers]
-    undefined = dict.fromkeys(("last", "maa", "bwt", "forgetting", "new_acc"))
+    undefined = dict.fromkeys(("last", "maa", "bwt", "forgetting", "new_acc", "mif"))
     if not doc["matrix"] or not [i for i in columns if i < len(doc["matrix"][-1])]:
         return undefined  # no stage completed yet, or no selected task evaluated yet
+    rates = (doc.get("mif") or [[]])[-1]
+    judged = [rates[i] for i in columns if i < len(rates) and rates[i] is not None]
+    mif = {"mif": fmean(judged) if judged else None}  # SMoLoRA's MIF over the trained tasks, latest stage
     if doc.get("mode", "sequential") == "sequential":
         denominator = (doc.get("protocol") or {}).get("bwt_denominator", "T-1")
-        return continual_metrics(
+        metrics = continual_metrics(
             doc["matrix"], columns=[i for i in columns if i < len(doc["matrix"])], bwt_denominator=denominator
         )
+        return {**metrics, **mif}
     row = doc["matrix"][-1]
-    return {**undefined, "last": fmean(row[i] for i in columns)}
+    return {**undefined, "last": fmean(row[i] for i in columns), **mif}
 
 
 def format_metrics(metrics: dict[str, float | None]) -> str:
