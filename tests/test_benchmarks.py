@@ -144,3 +144,13 @@ def test_continual_run_on_a_coin_shaped_root_reports_mif_and_protocol(tmp_path, 
     assert doc["protocol"]["bwt_denominator"] == "T"
     report = (run_dir / "report.md").read_text()
     assert "## Instruction following (MIF)" in report and "BWT divides by: T" in report
+
+
+def test_grounding_answer_bbox_forms(tmp_path):
+    from cvit.data.records import record_answers
+    from cvit.errors import DataError
+
+    assert record_answers({"answer_bbox": [0.1, 0.2, 0.3, 0.4]}, "f: record 0", "0") == ("[0.1, 0.2, 0.3, 0.4]",)
+    assert record_answers({"answers": [{"answer": "yes"}, {"answer": "no"}]}, "f: record 0", "0") == ("yes", "no")
+    with pytest.raises(DataError, match="must hold four numbers normalised"):
+        record_answers({"answer_bbox": [10, 20, 30, 40], "size": [64, 64]}, "f: record 0", "0")

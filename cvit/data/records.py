@@ -106,7 +106,7 @@ def parse_test(record: Any, where: str, root: Path, check_image: bool = True) ->
     or, for grounding, as CoIN's `answer_bbox` (a normalised "[x1, y1, x2, y2]" string or list)."""
     uid = str(field(record, "question_id", where, (str, int)))
     question = strip_marker(field(record, "text", where))
-    return TestRecord(uid, image_path(root, record, where, check_image), question, test_answers(record, where, uid))
+    return TestRecord(uid, image_path(root, record, where, check_image), question, record_answers(record, where, uid))
 
 
 def load_test(path: Path, root: Path, check_images: bool = True) -> list[TestRecord]:
@@ -115,13 +115,14 @@ def load_test(path: Path, root: Path, check_images: bool = True) -> list[TestRec
 ANSWER_KEYS = ("answer", "answers", "answer_bbox")
 
 
-def test_answers(record: dict, where: str, uid: str) -> tuple[str, ...]:
+def record_answers(record: dict, where: str, uid: str) -> tuple[str, ...]:
     """The references of a test record from the first of ANSWER_KEYS it has."""
     key = next((k for k in ANSWER_KEYS if k in record), "answer")
     value = field(record, key, where, (str, list))
     if key == "answer_bbox" and isinstance(value, list):
-        if len(value) != 4 or not all(isinstance(v, int | float) for v in value):
-            raise DataError(f"{where} (id {uid}): field 'answer_bbox' must hold four numbers, got {value!r}")
+        if len(value) != 4 or not all(isinstance(v, int | float) and 0 <= v <= 1 for v in value):
+            raise DataError(f"{where} (id {uid}): field 'answer_bbox' must hold four numbers normalised to "
+                            f"[0, 1] (LLaVA's padded-square convention), got {value!r}")
         value = "[" + ", ".join(str(v) for v in value) + "]"
     if isinstance(value, str):
         return (value,)
