@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from statistics import fmean
 from typing import Any
 
 import lightning as L
 
 from cvit.data.datamodule import ContinualDataModule
 from cvit.data.stream import Task
-from cvit.eval.mif import following_rate, follows
+from cvit.eval.mif import following_verdicts
 from cvit.eval.scorers import get_scorer
 from cvit.module import ContinualModule
 
@@ -38,13 +39,13 @@ def score_outputs(task: Task, records: list, texts: list[str], relaxed: bool, ca
     scorer = get_scorer(task.scorer, relaxed=relaxed, caption_metric=caption_metric)
     scores = scorer.score(texts, references)
     items = scorer.item_scores(texts, references)
-    rate = following_rate(task.mif, texts, references)
-    if rate is not None:
-        scores["mif"] = rate
+    verdicts = following_verdicts(task.mif, texts, references)
+    if verdicts is not None:
+        scores["mif"] = 100 * fmean(verdicts)
     predictions = [
         {"question_id": record.uid, "prediction": text, "answers": list(record.answers), "score": item,
-         "follows": None if rate is None else follows(task.mif, text, record.answers)}
-        for record, text, item in zip(records, texts, items, strict=True)
+         "follows": None if verdicts is None else verdicts[index]}
+        for index, (record, text, item) in enumerate(zip(records, texts, items, strict=True))
     ]
     return TaskResult(scores, predictions)
 

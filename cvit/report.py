@@ -116,15 +116,16 @@ def _protocol_lines(doc: dict[str, Any]) -> list[str]:
 
 def _mif_lines(doc: dict[str, Any]) -> list[str]:
     """Instruction following (SMoLoRA's MIF) of the latest stage: per task and the mean."""
-    tasks = doc["tasks"][: len(doc.get("mif") or [[]][-1])] + (doc.get("unseen_tasks") or [])
-    rates = ((doc.get("mif") or [[]])[-1]) + ((doc.get("unseen_mif") or [[]])[-1])
-    judged = {task: rate for task, rate in zip(tasks, rates, strict=False) if rate is not None}
+    trained = (doc.get("mif") or [[]])[-1]  # the tasks evaluated at the latest stage, in stream order
+    unseen = (doc.get("unseen_mif") or [[]])[-1]
+    pairs = [*zip(doc["tasks"], trained, strict=False), *zip(doc.get("unseen_tasks") or [], unseen, strict=False)]
+    judged = [(task, rate) for task, rate in pairs if rate is not None]
     if not judged:
         return []
-    table = markdown_table(["task", "follows (%)"], [[t, format_value(r)] for t, r in judged.items()])
-    seen = [r for t, r in judged.items() if t in doc["tasks"]]
+    table = markdown_table(["task", "follows (%)"], [[t, format_value(r)] for t, r in judged])
+    seen = [rate for rate in trained if rate is not None]
     means = f"MIF (trained tasks): {format_value(fmean(seen) if seen else None)}; all judged tasks: " \
-            f"{format_value(fmean(judged.values()))}."
+            f"{format_value(fmean(rate for _, rate in judged))}."
     return ["## Instruction following (MIF) at the latest evaluation", "", table, "", means, ""]
 
 

@@ -181,6 +181,14 @@ def test_reproduces_published_summary(matrix, acc, maa, bwt):
     assert metrics["bwt"] * (size - 1) / size == pytest.approx(bwt, abs=0.006)
     # our own scale: the same sum divided by T-1
     assert metrics["bwt"] == pytest.approx(bwt * size / (size - 1), abs=0.006 * size / (size - 1))
+    # ProgLoRA's protocol (benchmark.protocol.bwt_denominator=T) prints the paper's number directly
+    assert continual_metrics(matrix, bwt_denominator="T")["bwt"] == pytest.approx(bwt, abs=0.006)
+
+
+def test_bwt_denominator_by_hand():
+    matrix = [[80.0], [60.0, 90.0], [50.0, 70.0, 100.0]]  # drops: -30 and -20, sum -50
+    assert continual_metrics(matrix)["bwt"] == pytest.approx(-50 / 2)
+    assert continual_metrics(matrix, bwt_denominator="T")["bwt"] == pytest.approx(-50 / 3)
 
 
 def test_proglora_dynamic_table():

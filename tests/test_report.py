@@ -122,3 +122,12 @@ def test_metrics_table():
     assert table_row(text, "seqlora") == ["seqlora", "75.00", "77.50", "-20.00", "20.00", "85.00", "90.00"]
     assert table_row(text, "zeroshot") == ["zeroshot", "10.00", "-", "-", "-", "-", "-"]
     assert len({len(line) for line in text.splitlines()}) == 1
+
+
+def test_mif_section_of_a_single_stage_run_lists_every_task(tmp_path):
+    doc = {"tasks": ["t1", "t2"], "stages": ["joint"], "matrix": [[40.0, 70.0]], "mode": "joint",
+           "mif": [[50.0, 100.0]], "unseen_tasks": ["u"], "unseen_mif": [[None]]}
+    write_doc(tmp_path, doc)
+    text = write_report(tmp_path).read_text()
+    assert table_row(text, "t1") == ["t1", "50.00"] and table_row(text, "t2") == ["t2", "100.00"]
+    assert "MIF (trained tasks): 75.00; all judged tasks: 75.00." in text

@@ -48,11 +48,17 @@ def follows(rule: str, output: str, references: Sequence[str]) -> bool:
     raise ValueError(f"unknown instruction-following rule {rule!r}; known: {', '.join(MIF_RULES)}")
 
 
-def following_rate(rule: str, outputs: Sequence[str], references: Sequence[Sequence[str]]) -> float | None:
-    """100 x the share of `outputs` that follow `rule`; None for rule "none"."""
+def following_verdicts(rule: str, outputs: Sequence[str], references: Sequence[Sequence[str]]) -> list[bool] | None:
+    """Per output, whether it follows `rule`; None for rule "none"."""
     if rule == "none":
         return None
-    return 100 * fmean(follows(rule, out, refs) for out, refs in checked_items(outputs, references))
+    return [follows(rule, out, refs) for out, refs in checked_items(outputs, references)]
+
+
+def following_rate(rule: str, outputs: Sequence[str], references: Sequence[Sequence[str]]) -> float | None:
+    """100 x the share of `outputs` that follow `rule`; None for rule "none"."""
+    verdicts = following_verdicts(rule, outputs, references)
+    return None if verdicts is None else 100 * fmean(verdicts)
 
 
 def mean_following(rates: dict[str, float | None]) -> float | None:

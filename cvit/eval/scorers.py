@@ -58,11 +58,15 @@ def _relaxable(strict: Judge) -> Callable[..., float]:
     return judge
 
 
+def _equal(pred: str, references: Sequence[str], fold: Callable[[str], str]) -> float:
+    """1.0 if the already-folded `pred` equals a reference folded by `fold` (outer whitespace stripped)."""
+    return float(any(pred == fold(ref.strip()) for ref in references))
+
+
 def _exact(prediction: str, references: Sequence[str]) -> float:
     """CoIN's VizWiz / VQAv2 and UCIT's option and word tasks: pred.upper() == answer.upper() (outer
     whitespace stripped, as generation does; a trailing period makes it wrong)."""
-    pred = prediction.strip().upper()
-    return float(any(pred == ref.strip().upper() for ref in references))
+    return _equal(prediction.strip().upper(), references, str.upper)
 
 
 
@@ -70,16 +74,14 @@ def _exact(prediction: str, references: Sequence[str]) -> float:
 def _gqa(prediction: str, references: Sequence[str]) -> float:
     """GQA's rule (LLaVA's convert_gqa_for_eval + eval_gqa): trailing periods stripped, lowercased,
     then equal to the (lowercase) answer."""
-    pred = prediction.strip().rstrip(".").lower()
-    return float(any(pred == ref.strip().lower() for ref in references))
+    return _equal(prediction.strip().rstrip(".").lower(), references, str.lower)
 
 
 def _ocr(prediction: str, references: Sequence[str]) -> float:
     """CoIN's OCR-VQA rule: an output containing "Unanswerable" is wrong; otherwise lowercased equality."""
     if "Unanswerable" in prediction:
         return 0.0
-    pred = prediction.strip().lower()
-    return float(any(pred == ref.strip().lower() for ref in references))
+    return _equal(prediction.strip().lower(), references, str.lower)
 
 
 def _contained(prediction: str, references: Sequence[str], fold: Callable[[str], str]) -> float:
