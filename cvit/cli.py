@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("-c", "--config", action="append", default=[], metavar="YAML", help="benchmark spec")
     score.add_argument("--task", required=True, help="task name in the spec")
     score.add_argument("predictions", help="JSONL file, one {question_id, text} object a line")
-    score.add_argument("overrides", nargs="*", metavar="key=value", help="dotlist overrides, e.g. data.root=DIR")
+    score.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="dotlist overrides, e.g. data.root=DIR, eval.scoring=lenient (official by default)")
     score.set_defaults(func=cmd_score)
     report = sub.add_parser("report", help="(re)write a run's report.md and matrix.png")
     report.add_argument("run_dir")

@@ -32,11 +32,13 @@ def predict_tasks(
     return [[text for batch in task_batches for text in batch] for task_batches in per_task]
 
 
-def score_outputs(task: Task, records: list, texts: list[str], relaxed: bool, caption_metric: str) -> TaskResult:
-    """Score `texts` (one per test record, in order) with the task's scorer and its
-    instruction-following rule."""
+def score_outputs(
+    task: Task, records: list, texts: list[str], relaxed: bool, caption_metric: str, scoring: str = "official"
+) -> TaskResult:
+    """Score `texts` (one per test record, in order) with the task's scorer under `scoring` (official |
+    lenient, see cvit.eval.scorers) and its instruction-following rule."""
     references = [list(record.answers) for record in records]
-    scorer = get_scorer(task.scorer, relaxed=relaxed, caption_metric=caption_metric)
+    scorer = get_scorer(task.scorer, relaxed=relaxed, caption_metric=caption_metric, scoring=scoring)
     scores = scorer.score(texts, references)
     items = scorer.item_scores(texts, references)
     verdicts = following_verdicts(task.mif, texts, references)
@@ -52,13 +54,13 @@ def score_outputs(task: Task, records: list, texts: list[str], relaxed: bool, ca
 
 def evaluate_tasks(
     trainer: L.Trainer, module: ContinualModule, datamodule: ContinualDataModule, tasks: list[Task], relaxed: bool,
-    caption_metric: str = "cider",
+    caption_metric: str = "cider", scoring: str = "official",
 ) -> dict[str, TaskResult]:
     if not tasks:
         return {}
     texts = predict_tasks(trainer, module, datamodule, tasks)
     return {
-        task.name: score_outputs(task, datamodule.test_records[task.name], out, relaxed, caption_metric)
+        task.name: score_outputs(task, datamodule.test_records[task.name], out, relaxed, caption_metric, scoring)
         for task, out in zip(tasks, texts, strict=True)
     }
 

@@ -11,8 +11,9 @@ from cvit.config import Sources
 from cvit.data.records import field, load_test, read_json_records
 from cvit.data.stream import build_tasks
 from cvit.errors import ConfigError, DataError
+from cvit.eval.scorers import SCORINGS
 from cvit.evaluate import score_outputs
-from cvit.validate import validate_benchmark
+from cvit.validate import choose, validate_benchmark
 
 
 def read_predictions(path: Path) -> dict[str, str]:
@@ -28,9 +29,11 @@ def read_predictions(path: Path) -> dict[str, str]:
 
 
 def score_predictions(cfg: DictConfig, sources: Sources, task_name: str, path: Path) -> dict[str, Any]:
-    """{task, scorer, items, score, <scorer extras>, mif (0-100, if judged), protocol} for `path`,
-    the references taken from the task's test file (images need not be present)."""
+    """{task, scorer, scoring, items, score, <scorer extras>, mif (0-100, if judged), protocol} for `path`,
+    the references taken from the task's test file (images need not be present); `eval.scoring` picks
+    official or lenient scoring (override eval.scoring=lenient)."""
     validate_benchmark(cfg, sources)
+    choose(cfg.eval.scoring, SCORINGS, "eval.scoring", sources)
     stream, unseen = build_tasks(cfg.benchmark, sources)
     tasks = {task.name: task for task in stream + unseen}
     if task_name not in tasks:
@@ -46,6 +49,8 @@ def score_predictions(cfg: DictConfig, sources: Sources, task_name: str, path: P
             f"{missing[:5]}, {len(extra)} unknown {extra[:5]}"
         )
     protocol = cfg.benchmark.protocol
-    result = score_outputs(task, records, [texts[r.uid] for r in records], False, protocol.caption_metric)
-    return {"task": task.name, "scorer": task.scorer, "items": len(records), **result.scores,
-            "mif_rule": task.mif, "caption_metric": protocol.caption_metric}
+    result = score_outputs(
+        task, records, [texts[r.uid] for r in records], False, protocol.caption_metric, cfg.eval.scoring
+    )
+    return {"task": task.name, "scorer": task.scorer, "scoring": cfg.eval.scoring, "items": len(records),
+            **result.scores, "mif_rule": task.mif, "caption_metric": protocol.caption_metric}

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 
+from cvit.data.stream import Task
+from cvit.errors import ConfigError
 from cvit.eval.normalize import normalize_answer
-from cvit.eval.scorers import SCORER_NAMES, box_iou, extract_choice, get_scorer, parse_box
+from cvit.eval.scorers import SCORER_NAMES, SCORINGS, box_iou, extract_choice, get_scorer, official_box, parse_box
+from cvit.evaluate import score_outputs
+from cvit.validate import validate_config
 
 
 @pytest.mark.parametrize(
@@ -43,6 +50,18 @@ def test_scorer_names_and_unknown_scorer():
     }
     with pytest.raises(ValueError, match="known scorers: vqa, exact.*caption"):
         get_scorer("bleu")
+
+
+def test_scoring_switch_values():
+    assert SCORINGS == ("official", "lenient")
+    with pytest.raises(ValueError, match="unknown scoring 'strict'; known: official, lenient"):
+        get_scorer("exact", scoring="strict")
+
+
+def test_eval_scoring_is_validated(small_config):
+    cfg, sources = small_config("eval.scoring=strict")
+    with pytest.raises(ConfigError, match=r"key 'eval.scoring': 'strict' is not one of official, lenient"):
+        validate_config(cfg, sources)
 
 
 def test_inputs_are_checked():
@@ -129,11 +148,51 @@ def test_classification():
     references = [["golden retriever"], ["tabby cat", "cat"], ["golden retriever"], ["dog"]]
     # CoIN: either string contains the other, case-sensitive
     assert scorer.item_scores(predictions, references) == [0.0, 1.0, 1.0, 0.0]
-    assert scorer.item_scores(["gold", "", "retriever"], [["golden retriever"]] * 3) == [1.0, 0.0, 1.0]
+    # "" in "golden retriever" is True in the original, so an empty output counts (was 0.0 in the kit)
+    assert scorer.item_scores(["gold", "", "retriever"], [["golden retriever"]] * 3) == [1.0, 1.0, 1.0]
     assert get_scorer("classification_ci").item_scores(predictions, references) == [1.0, 1.0, 1.0, 0.0]
     relaxed = get_scorer("classification", relaxed=True)
     assert relaxed.item_scores(predictions, references) == [1.0, 1.0, 1.0, 0.0]
     assert relaxed.score(predictions, references) == {"score": 75.0, "strict": 50.0}
+
+
+def test_references_are_compared_as_stored_officially():
+    # CoIN's eval_vizwiz / eval_vqav2 / eval_ocrvqa compare pred to the answer without stripping it:
+    # "PARIS" == "PARIS " is False -> 0; lenient strips the reference -> 1
+    for name, prediction, reference in [("exact", "paris", "paris "), ("vqa", "yes", "yes\n"),
+                                        ("ocr", "The Hobbit", " the hobbit")]:
+        assert get_scorer(name).item_scores([prediction], [[reference]]) == [0.0]
+        assert get_scorer(name, scoring="lenient").item_scores([prediction], [[reference]]) == [1.0]
+
+
+def test_gqa_compares_with_the_answer_as_stored_officially():
+    # convert_gqa_for_eval: "Yes.".rstrip(".").lower() = "yes"; eval_gqa: "yes" == "Yes" is False -> 0;
+    # lenient lower-cases and strips the answer too: "yes" == "yes" -> 1
+    predictions, references = ["Yes.", "left"], [["Yes"], [" left"]]
+    assert get_scorer("gqa").item_scores(predictions, references) == [0.0, 0.0]
+    assert get_scorer("gqa", scoring="lenient").item_scores(predictions, references) == [1.0, 1.0]
+
+
+def test_classification_counts_an_empty_output_as_the_original_does():
+    # eval_ImagetNet: ("tabby cat" in "") or ("" in "tabby cat") -> True, in both modes (a bug fix, no switch)
+    for name in ("classification", "classification_ci"):
+        for scoring in SCORINGS:
+            assert get_scorer(name, scoring=scoring).item_scores(["", "  "], [["tabby cat"], ["dog"]]) == [1.0, 1.0]
+
+
+def test_classification_ci_lower_cases_as_smolora_does():
+    # SMoLoRA's eval_ImagetNet lower-cases: "strasse" vs "straße", neither in the other -> 0
+    # (upper-casing, the kit's old rule, made both "STRASSE" -> 1)
+    scorer = get_scorer("classification_ci")
+    assert scorer.item_scores(["STRASSE", "Golden RETRIEVER"], [["Straße"], ["golden retriever"]]) == [0.0, 1.0]
+
+
+def test_score_outputs_passes_the_scoring_through():
+    task = Task("grounding", 0, None, Path("test.json"), "grounding", 16, (), mif="box")
+    records = [SimpleNamespace(uid="0", answers=tuple(REF))]
+    texts = ["[0.75, 1.0, 0.25, 0.50]"]  # reversed corners (see above)
+    assert score_outputs(task, records, texts, False, "cider").scores["score"] == 0.0
+    assert score_outputs(task, records, texts, False, "cider", "lenient").scores["score"] == 100.0
 
 
 # ---- multiple choice ----------------------------------------------------------------------------------
@@ -178,42 +237,76 @@ def test_parse_box():
     assert parse_box("x1=0.1, y1=0.2, x2=0.3, y2=0.4") == (0.1, 0.2, 0.3, 0.4)  # names' digits skipped
 
 
+def test_official_box_reads_as_coin_does():
+    # brackets deleted, then the first and last characters dropped: ".25, 0.5, 0.75, 1." -> four floats
+    assert official_box("[0.25, 0.5, 0.75, 1.0]") == (0.25, 0.5, 0.75, 1.0)
+    assert official_box("[0.75, 1.0, 0.25, 0.50]") == (0.75, 1.0, 0.25, 0.5)  # corners kept as written
+    assert official_box("[0.1, 0.2, 0.3, 0.45]") == (0.1, 0.2, 0.3, 0.4)  # the slip: last digit lost
+    assert official_box("[0.1, 0.2, 0.3, 0.9]") == (0.1, 0.2, 0.3, 0.0)  # "0." reads 0.0
+    assert official_box("(0.1, 0.2, 0.3, 0.4)") == (0.1, 0.2, 0.3, 0.4)  # "(" and ")" are the dropped ends
+    assert official_box("[0.1, 0.2, 0.3, 0.4]", slip=False) == (0.1, 0.2, 0.3, 0.4)  # how references read
+    for text in ("The box is [0.1, 0.2, 0.3, 0.4]", "[0.1 0.2 0.3 0.4]", "[0.1, 0.2, 0.3, 0.4, 0.5]", "[0.1, 0.2]",
+                 ""):
+        assert official_box(text) is None
+
+
 def test_box_iou():
     # [0,0,2,2] and [1,1,3,3]: intersection 1x1 = 1, union 4 + 4 - 1 = 7
     assert box_iou((0, 0, 2, 2), (1, 1, 3, 3)) == pytest.approx(1 / 7)
     assert box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
     assert box_iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0.0  # no area
+    # corners reversed: width max(0, min(0, 2) - max(2, 0)) = 0, so no intersection whatever the union
+    assert box_iou((2, 2, 0, 0), (0, 0, 2, 2)) == 0.0
 
 
-def test_grounding_scores():
-    scorer = get_scorer("grounding")
-    ref = ["[0.25, 0.5, 0.75, 1.0]"]
+REF = ["[0.25, 0.5, 0.75, 1.0]"]  # area 0.5 x 0.5 = 0.25
+
+
+def test_reversed_corner_box_scores_zero_officially_and_one_leniently():
+    # official reads (0.75, 1.0, 0.25, 0.5): width max(0, min(0.25, 0.75) - max(0.75, 0.25)) = 0 -> IoU 0;
+    # lenient orders it to (0.25, 0.5, 0.75, 1.0) = the reference -> IoU 1
+    reversed_box = ["[0.75, 1.0, 0.25, 0.50]"]  # the trailing 0 is what the official slip drops
+    assert get_scorer("grounding").item_scores(reversed_box, [REF]) == [0.0]
+    assert get_scorer("grounding", scoring="lenient").item_scores(reversed_box, [REF]) == [1.0]
+    # only y reversed, (0.25, 1.0, 0.75, 0.5): height 0; union 0.5 * -0.5 + 0.25 - 0 = 0 -> IoU 0
+    assert get_scorer("grounding").item_scores(["[0.25, 1.0, 0.75, 0.50]"], [REF]) == [0.0]
+
+
+def test_grounding_official_and_lenient_readings():
     predictions = [
-        "[0.25, 0.5, 0.75, 1.0]",
-        "The box is 0.25 0.5,0.75 ,1 .",
-        "[0.75, 1.0, 0.25, 0.5]",
-        "[0.25, 0.5, 0.75, 0.75]",  # IoU = 0.25*0.5 / (0.5*0.5) = 0.5, not > 0.5
-        "[0.25, 0.5, 0.75, 0.8]",  # IoU = 0.3 / 0.5 = 0.6
+        "[0.25, 0.5, 0.75, 1.0]",  # both: ".25, 0.5, 0.75, 1." reads the reference -> 1
+        "0.25, 0.5, 0.75, 1.0",  # both: the bare list reads the same -> 1
+        "(0.25, 0.5, 0.75, 1.0)",  # both: official drops "(" and ")" -> 1
+        # official y2 = 0.7: 0.5 * 0.2 / (0.1 + 0.25 - 0.1) = 0.4 -> 0; lenient 0.79: 0.145 / 0.25 = 0.58 -> 1
+        "[0.25, 0.5, 0.75, 0.79]",
+        "[0.25, 0.5, 0.75, 0.8]",  # official y2 = 0.0 < y1 -> IoU 0; lenient 0.15 / 0.25 = 0.6 -> 1
+        "The box is [0.25, 0.5, 0.75, 1.0]",  # official: float("he box is 0.25") fails -> 0; lenient 1
+        "[0.25 0.5 0.75 1.0]",  # official: no commas, one unreadable part -> 0; lenient 1
+        "[0.25, 0.5, 0.75, 1.0, 0.9]",  # official: five numbers -> 0; lenient: the first four -> 1
+        "[0.25, 0.5, 0.75, 0.750]",  # both: IoU = 0.125 / 0.25 = 0.5, not > 0.5 -> 0
         "no box here",
         "",
     ]
-    assert scorer.item_scores(predictions, [ref] * 7) == [1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0]
-    assert scorer.score(predictions, [ref] * 7)["score"] == pytest.approx(400 / 7)
-    with pytest.raises(ValueError, match="grounding reference"):
-        scorer.score(["[0, 0, 1, 1]"], [["a cat"]])
+    official, lenient = get_scorer("grounding"), get_scorer("grounding", scoring="lenient")
+    assert official.item_scores(predictions, [REF] * 11) == [1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert lenient.item_scores(predictions, [REF] * 11) == [1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]
+    assert official.score(predictions, [REF] * 11)["score"] == pytest.approx(300 / 11)
+    for scorer in (official, lenient):
+        with pytest.raises(ValueError, match="grounding reference"):
+            scorer.score(["[0, 0, 1, 1]"], [["a cat"]])
 
 
 def test_empty_and_unicode_outputs_score_zero_without_error():
-    for name in ("vqa", "exact", "choice", "classification", "grounding"):
-        scorer = get_scorer(name)
-        reference = {"grounding": ["[0, 0, 1, 1]"], "choice": ["A"]}.get(name, ["yes"])
-        assert scorer.score(["", "\u00e9\u65e5\u672c \U0001f600"], [reference, reference]) == {"score": 0.0}
+    for name in ("vqa", "exact", "gqa", "ocr", "choice", "grounding"):
+        for scoring in SCORINGS:
+            scorer = get_scorer(name, scoring=scoring)
+            reference = {"grounding": ["[0, 0, 1, 1]"], "choice": ["A"]}.get(name, ["yes"])
+            assert scorer.score(["", "\u00e9\u65e5\u672c \U0001f600"], [reference, reference]) == {"score": 0.0}
 
 
 def test_empty_prediction_never_matches_a_reference_that_normalises_to_nothing():
     assert normalize_answer("A") == ""  # the article is dropped
-    for name in ("vqa", "classification"):
-        assert get_scorer(name, relaxed=True).item_scores(["", "the"], [["A"], ["A"]]) == [0.0, 0.0]
+    assert get_scorer("vqa", relaxed=True).item_scores(["", "the"], [["A"], ["A"]]) == [0.0, 0.0]
 
 
 # ---- captions ------------------------------------------------------------------------------------------
@@ -272,3 +365,26 @@ def test_caption_empty_predictions_do_not_crash(caption_scores):
     assert len(items) == 3
     assert items[0] == pytest.approx(1.0, abs=1e-6)  # per-item BLEU-1 of an exact match
     assert items[1] == pytest.approx(0.0, abs=1e-6) and items[2] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_caption_keeps_empty_references_officially():
+    # Two items, N = 2, each n-gram in one item's references: idf = log 2 - log 1 for all of them.
+    # Item 1 "c d" vs ["c d"]: cosine 1 for 1- and 2-grams, 0 for 3-, 4-grams -> mean 0.5, x10 = 5.
+    # Item 0 "a b" vs ["a b", "..."] ("..." tokenises to ""): sims [1, 1, 0, 0] + [0, 0, 0, 0];
+    # official (COCOEvalCap keeps it): 0.5 / 2 refs x10 = 2.5; lenient drops it: 0.5 / 1 x10 = 5.
+    # CIDEr x100: official 100 * (2.5 + 5) / 2 = 375, lenient 100 * (5 + 5) / 2 = 500
+    predictions, references = ["a b", "c d"], [["a b", "..."], ["c d"]]
+    assert get_scorer("caption").score(predictions, references)["cider"] == pytest.approx(375.0)
+    assert get_scorer("caption", scoring="lenient").score(predictions, references)["cider"] == pytest.approx(500.0)
+
+
+def test_caption_raw_cider_follows_smolora():
+    # SMoLoRA's eval_textcaps_cider: CIDEr on whitespace-split text, so "A" != "a" and "dog." != "dog":
+    # item 0 shares no n-gram -> 0; item 1 "c d" = its reference -> 5 (as above); 100 * (0 + 5) / 2 = 250.
+    # PTB-tokenised (lowercased, "." dropped) item 0 matches too: 100 * (5 + 5) / 2 = 500 (lenient's score)
+    predictions, references = ["A dog.", "c d"], [["a dog"], ["c d"]]
+    official = get_scorer("caption", caption_metric="cider_raw").score(predictions, references)
+    assert official["cider_raw"] == pytest.approx(250.0) and official["score"] == official["cider_raw"]
+    assert official["cider"] == pytest.approx(500.0)
+    lenient = get_scorer("caption", caption_metric="cider_raw", scoring="lenient").score(predictions, references)
+    assert lenient["score"] == pytest.approx(500.0) and lenient["cider_raw"] == pytest.approx(250.0)

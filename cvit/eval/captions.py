@@ -1,4 +1,6 @@
-"""Captioning metrics through pycocoevalcap (BLEU-1..4, METEOR, ROUGE-L, CIDEr) on PTB-tokenised text."""
+"""Captioning metrics through pycocoevalcap (BLEU-1..4, METEOR, ROUGE-L, CIDEr) on PTB-tokenised text, as
+COCOEvalCap computes them (HiDe-LLaVA's / MCITlib's eval_caption.py for UCIT), and SMoLoRA's CIDEr on
+untokenised text (its eval_textcaps_cider.py for CVIT)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,9 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from cvit.eval.items import checked_items
+from cvit.eval.items import Item, checked_items
 
-PLACEHOLDER = "emptycaptionplaceholder"
+Captions = dict[int, list[str]]
 
 
 def _one_line(text: str) -> str:
@@ -21,13 +23,10 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _tokenized(
-    predictions: list[str], references: list[list[str]]
-) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
-    """PTB-tokenised ({item: references}, {item: [prediction]}) as pycocoevalcap wants them. References
-    that tokenise to nothing are dropped (ValueError if an item has none left); an empty prediction
-    becomes PLACEHOLDER, a word no reference contains (pycocoevalcap assumes non-empty text)."""
-    items = checked_items(predictions, references)
+def _tokenized(items: list[Item], lenient: bool) -> tuple[Captions, Captions]:
+    """PTB-tokenised ({item: references}, {item: [prediction]}) as pycocoevalcap wants them; text that
+    tokenises to nothing stays "", as COCOEvalCap leaves it. Lenient drops such references (ValueError
+    if an item has none left)."""
     captions: dict[tuple[str, int], list[dict[str, str]]] = {}
     for index, (pred, refs) in enumerate(items):
         captions[("pred", index)] = [{"caption": _one_line(pred)}]
@@ -35,11 +34,17 @@ def _tokenized(
     tokens = PTBTokenizer().tokenize(captions)
     gts, res = {}, {}
     for index, (_, refs) in enumerate(items):
-        gts[index] = [ref for ref in tokens[("ref", index)] if ref]
+        gts[index] = [ref for ref in tokens[("ref", index)] if ref or not lenient]
         if not gts[index]:
             raise ValueError(f"item {index}: every reference is empty after tokenisation: {refs!r}")
-        res[index] = [tokens[("pred", index)][0] or PLACEHOLDER]
+        res[index] = tokens[("pred", index)][:1]
     return gts, res
+
+
+def _raw(items: list[Item]) -> tuple[Captions, Captions]:
+    """({item: references}, {item: [prediction]}) untokenised, as SMoLoRA's eval_*_cider.py pass them."""
+    return ({index: list(refs) for index, (_, refs) in enumerate(items)},
+            {index: [pred] for index, (pred, _) in enumerate(items)})
 
 
 @cache
@@ -48,24 +53,30 @@ def _meteor():
     return Meteor()
 
 
-CAPTION_METRICS = ("cider", "mean")
+CAPTION_METRICS = ("cider", "mean", "cider_raw")
 
 
 class CaptionScorer:
     """Corpus captioning metrics from pycocoevalcap on PTB-tokenised text (as COCOEvalCap computes
     them): bleu1..bleu4, meteor, rouge_l, cider, each x100, plus "mean" (of those seven, UCIT's caption
-    number) and "score" = the `metric` one (cider or mean). CIDEr-D ranges over 0..10, so cider may
-    exceed 100; its IDF comes from the corpus's references, so a corpus of one item scores CIDEr 0."""
+    number) and "score" = the `metric` one. Metric "cider_raw" also reports CIDEr on untokenised,
+    whitespace-split text (case and punctuation kept, SMoLoRA's eval_textcaps_cider.py) as "cider_raw"
+    and makes it the "score". CIDEr-D ranges over 0..10, so cider may exceed 100; its IDF comes from the
+    corpus's references, so a corpus of one item scores CIDEr 0.
+    `lenient`: references that tokenise to nothing are dropped (they lower CIDEr's mean over references),
+    and "score" for cider_raw is the PTB-tokenised cider (lowercased, punctuation dropped)."""
 
     name = "caption"
 
-    def __init__(self, metric: str = "cider") -> None:
+    def __init__(self, metric: str = "cider", lenient: bool = False) -> None:
         if metric not in CAPTION_METRICS:
             raise ValueError(f"unknown caption metric {metric!r}; known: {', '.join(CAPTION_METRICS)}")
         self.metric = metric
+        self.lenient = lenient
 
     def score(self, predictions: list[str], references: list[list[str]]) -> dict[str, float]:
-        gts, res = _tokenized(predictions, references)
+        items = checked_items(predictions, references)
+        gts, res = _tokenized(items, self.lenient)
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
         metrics = {f"bleu{n}": value for n, value in enumerate(bleu, start=1)}
         metrics["meteor"] = _meteor().compute_score(gts, res)[0]
@@ -73,10 +84,12 @@ class CaptionScorer:
         metrics["cider"] = Cider().compute_score(gts, res)[0]
         result = {key: 100 * float(value) for key, value in metrics.items()}
         result["mean"] = fmean(result.values())
-        result["score"] = result[self.metric]
+        if self.metric == "cider_raw":
+            result["cider_raw"] = 100 * float(Cider().compute_score(*_raw(items))[0])
+        result["score"] = result["cider" if self.metric == "cider_raw" and self.lenient else self.metric]
         return result
 
     def item_scores(self, predictions: list[str], references: list[list[str]]) -> list[float]:
         """Per-item BLEU-1 in 0..1: the corpus metrics have no per-item form of their own."""
-        gts, res = _tokenized(predictions, references)
+        gts, res = _tokenized(checked_items(predictions, references), self.lenient)
         return [float(value) for value in Bleu(1).compute_score(gts, res, verbose=0)[1][0]]
