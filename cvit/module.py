@@ -60,10 +60,11 @@ class ContinualModule(L.LightningModule):
             model_cfg.gradient_checkpointing,
         )
         lora = model_cfg.lora
-        self.pool = AdapterPool(base, LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-            modules_to_save=[FAMILIES[model_cfg.family].projector] if lora.train_projector else None,
-        ))
+        self.pool = AdapterPool(
+            base,
+            LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules),
+            projector=FAMILIES[model_cfg.family].projector if lora.train_projector else None,
+        )
         self.model = self.pool.peft  # registered as a submodule: parameters, devices, precision
         self.extras = self.pool.extras  # methods' own modules (keys, projectors), registered the same way
         self.strict_loading = False  # in-flight checkpoints hold the trainable weights only
@@ -124,9 +125,20 @@ class ContinualModule(L.LightningModule):
         self.log("loss/total", loss, batch_size=len(batch["labels"]))
         return loss
 
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups: the trained projector at `model.lora.projector_lr` (default `train.lr`), every other
+        trainable parameter (adapters, methods' extras) at `train.lr`."""
+        projector = {id(p) for p in self.pool.projector_parameters().values()}
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in trainable if id(p) not in projector], "lr": self.train_cfg.lr}]
+        if projector:
+            lr = self.model_cfg.lora.projector_lr
+            groups.append({"params": [p for p in trainable if id(p) in projector],
+                           "lr": self.train_cfg.lr if lr is None else lr})
+        return groups
+
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.train_cfg.lr, weight_decay=self.train_cfg.weight_decay)
+        optimizer = torch.optim.AdamW(self.parameter_groups(), weight_decay=self.train_cfg.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = get_cosine_schedule_with_warmup(optimizer, int(self.train_cfg.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -5,6 +5,12 @@ end (fuse); the continual loop saves every adapter after each task as peft safet
 with plain `PeftModel.from_pretrained(base, run_dir/stages/<k>_<task>/adapters/<name>)`. A method's own
 modules beside the adapters (allocation keys, projectors) are pool `extras`: registered on the module
 (so the optimizer and device moves see them) and saved with the adapters in `extras.safetensors`.
+
+The multimodal projector, when trained (`projector` given), is one module of the base model shared by every
+adapter (not peft's per-adapter `modules_to_save` copies): it stays trainable whatever adapters are added,
+fused or frozen, and is saved beside them as `projector.safetensors`, keyed as in the base model's own state
+dict, so a user loads it with `base.load_state_dict(load_file(path), strict=False)` before
+`PeftModel.from_pretrained`.
 """
 
 from __future__ import annotations
@@ -21,16 +27,36 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from safetensors.torch import load_file, save_file
 
 DEFAULT_ADAPTER = "default"
+PROJECTOR_FILE = "projector.safetensors"
+
+
+def find_module(model: torch.nn.Module, name: str) -> str:
+    """The full name of the first submodule whose last name component is `name`."""
+    for full, _ in model.named_modules():
+        if full.rsplit(".", 1)[-1] == name:
+            return full
+    raise ValueError(f"the model has no module named {name!r}")
 
 
 class AdapterPool:
-    def __init__(self, model: torch.nn.Module, lora: LoraConfig) -> None:
+    def __init__(self, model: torch.nn.Module, lora: LoraConfig, projector: str | None = None) -> None:
+        """`projector`: the name (last component) of the base model's multimodal projector to train beside the
+        adapters, or None to keep it frozen."""
         self.lora = lora
+        self.projector_prefix = f"{find_module(model, projector)}." if projector else None
         self.peft: PeftModel = get_peft_model(model, lora, adapter_name=DEFAULT_ADAPTER)
         self.trainable: list[str] = [DEFAULT_ADAPTER]
         self.active: list[str] = [DEFAULT_ADAPTER]
         self.extras = torch.nn.ModuleDict()
         self.restored_extras: dict[str, torch.Tensor] = {}  # loaded weights of extras not created yet
+        self.set_trainable(self.trainable)
+
+    def projector_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The trained projector's parameters by their name in the base model (empty when it is frozen)."""
+        if self.projector_prefix is None:
+            return {}
+        base = self.peft.get_base_model()
+        return {n: p for n, p in base.named_parameters() if n.startswith(self.projector_prefix)}
 
     def add_extra(self, name: str, module: torch.nn.Module) -> torch.nn.Module:
         """Register a method's module under `name` on the model's device; weights a saved stage holds for it
@@ -47,19 +73,22 @@ class AdapterPool:
             module.load_state_dict(restored)
 
     def parameter_count(self, adapters: list[str] | None = None, layers: set[str] | None = None) -> int:
-        """Parameters of `adapters` (default: every adapter and every extra) in the LoRA layers named in
-        `layers` (default: all, and a trained projector saved with the adapter)."""
+        """Parameters of `adapters` (default: every adapter, every extra and the trained projector) in the LoRA
+        layers named in `layers` (default: all)."""
         total = 0
         for name, param in self.peft.named_parameters():
             if not any(f".{a}." in name for a in (self.names if adapters is None else adapters)):
                 continue
             if "lora_" in name:
                 total += param.numel() if layers is None or name.rsplit(".lora_", 1)[0] in layers else 0
-            elif "modules_to_save" in name and layers is None:
-                total += param.numel()
         if adapters is None:
-            total += sum(p.numel() for p in self.extras.parameters())
+            total += sum(p.numel() for p in self.extras.parameters()) + self.projector_size
         return total
+
+    @property
+    def projector_size(self) -> int:
+        """Parameters of the trained projector (0 when it is frozen)."""
+        return sum(p.numel() for p in self.projector_parameters().values())
 
     @property
     def names(self) -> list[str]:
@@ -106,6 +135,8 @@ class AdapterPool:
         """Exactly these adapters receive gradients; every other adapter is frozen."""
         for name in self.names:
             self.peft.set_requires_grad(name, requires_grad=name in names)
+        for param in self.projector_parameters().values():  # peft freezes every non-adapter weight it meets
+            param.requires_grad_(True)
         self.trainable = list(names)
 
     def save(self, out_dir: Path) -> None:
@@ -120,6 +151,9 @@ class AdapterPool:
         if len(self.extras):
             save_file({k: v.detach().cpu().contiguous() for k, v in self.extras.state_dict().items()},
                       out_dir / "extras.safetensors")
+        if self.projector_prefix is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.projector_parameters().items()},
+                      out_dir / PROJECTOR_FILE)
 
     def load(self, in_dir: Path) -> None:
         """Restore adapters saved by `save` (creating missing ones) and the active/trainable sets."""
@@ -136,5 +170,16 @@ class AdapterPool:
                 self.peft.add_adapter(sub.name, config)
             weights = load_file(sub / "adapter_model.safetensors")
             set_peft_model_state_dict(self.peft, weights, adapter_name=sub.name)
+        if self.projector_prefix is not None:
+            self.load_projector(in_dir / PROJECTOR_FILE)
         self.set_active(meta["active"])
         self.set_trainable(meta["trainable"])
+
+    def load_projector(self, path: Path) -> None:
+        """Copy a saved projector's weights into the trained projector."""
+        weights, params = load_file(path), self.projector_parameters()
+        if set(weights) != set(params):
+            raise ValueError(f"{path}: holds {sorted(weights)}, the projector has {sorted(params)}")
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(weights[name])
