@@ -5,18 +5,21 @@
                  initial adapter); the earlier ones are out of the forward, so they receive no gradient.
   on_task_end    the task's anchors (Eq. 2): its mean image and mean instruction features over up to
                  `anchor_samples` training records, from the pluggable encoder (`cvit.model.encoders`);
-                 then every learned LoRA is fused into the adapter `fused` (Eq. 6, peft's
-                 `add_weighted_adapter` with all coefficients `epsilon`, or `epsilon / T` over T learned
-                 tasks with `average: true` (not in the paper: a mean instead of a sum); `fusion: linear` is
-                 (sum_i B_i)(sum_i A_i), what the released code computes (cross terms included);
-                 `cat` is the exact sum_i B_i A_i of Eq. 6 read as a sum of weight deltas, at T times the rank).
+                 then every learned LoRA is fused into the adapter `fused` (Eq. 6, through peft's
+                 `add_weighted_adapter`) with coefficient c = `epsilon` (paper: 1.0), or c = `epsilon / T` over
+                 T learned tasks with `average: true` (not in the paper). `fusion: linear` (released code,
+                 `clitmoelora.py`) applies c to A and B separately: (sum_i c B_i)(sum_i c A_i), so c enters
+                 twice (c^2 on each product, cross terms B_i A_j included) and `average` is the plain average of
+                 the A and of the B matrices; `cat` applies c to each product: the exact sum_i c B_i A_i of Eq. 6
+                 read as a sum of weight deltas, at T times the rank. Fig. 5 sweeps c: `callbacks.hide.epsilon=`.
   routing        per instance d = softmax((alpha r_v + beta r_ins) / T) over the learned tasks, r = cosine
                  similarity of the instance's image / instruction features to each task's anchors (Eq. 3-4).
                  `layout` says what each decoder layer runs at inference (`top_layers`, default the last):
                    hide               top: sum_c d_c E_c(h) (Eq. 5); the rest: the fused LoRA (Eq. 7)
                    merge_all          every layer: the fused LoRA (no routing)
-                   merge_all_but_top  the rest: fused; top: the latest task's LoRA alone
-                   expand_all         every layer: sum_c d_c E_c(h)
+                   merge_all_but_top  the rest: fused; top: the latest task's LoRA alone (Table 3 "Merge (1-31)")
+                   expand_all         every layer: sum_c d_c E_c(h) (Table 3 "Expand (1-32)")
+                   expand_all_but_top the rest: sum_c d_c E_c(h); top: fused (Table 3 "Expand (1-31)")
 The router reports the LoRA parameters each layout loads at inference (`inference_parameters`).
 """
 
@@ -37,7 +40,7 @@ from cvit.model.routing import Router, RowGroups
 from cvit.registry import register_callback
 
 FUSED = "fused"
-LAYOUTS = ("hide", "merge_all", "merge_all_but_top", "expand_all")
+LAYOUTS = ("hide", "merge_all", "merge_all_but_top", "expand_all", "expand_all_but_top")
 
 
 def expert_name(index: int) -> str:
@@ -74,6 +77,7 @@ class DecouplingRouter(Router):
             "merge_all": [([FUSED], everything, False)],
             "merge_all_but_top": [([FUSED], self.rest, False), (experts[-1:], self.top, False)],
             "expand_all": [(experts, everything, True)],
+            "expand_all_but_top": [(experts, self.rest, True), ([FUSED], self.top, False)],
         }[self.hide.layout]
 
     def weights(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -156,7 +160,9 @@ class HiDeLLaVA(ContinualCallback):
         experts = [expert_name(i) for i in range(len(self.tasks))]
         if self.layout != "expand_all":
             coefficient = self.epsilon / len(experts) if self.average else self.epsilon
-            module.pool.fuse(FUSED, experts, [coefficient] * len(experts), self.fusion)
+            # peft's linear fusion scales A and B by sqrt(w) each, so w = c^2 puts c on each, as the released code
+            weight = coefficient**2 if self.fusion == "linear" else coefficient
+            module.pool.fuse(FUSED, experts, [weight] * len(experts), self.fusion)
         module.set_router(DecouplingRouter(self, module))
 
     def state_dict(self) -> dict[str, Any]:

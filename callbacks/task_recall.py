@@ -7,7 +7,8 @@
                  with `none`. `mode: replay` (ProgLoRA static) mixes them into the task's training data with
                  loss weight `loss_weight` (lambda); `mode: kl` (dynamic) adds lambda * KL(recorded || now) of
                  their allocation to every training step (`cvit.methods.allocation.recall_kl`), without an LLM
-                 forward on them.
+                 forward on them, summed over the samples as Eq. 8 writes it (`reduction: sum`) or averaged
+                 (`mean`).
 With `counts: random` or `none` and `mode: replay` it is plain experience replay and needs no pool.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from cvit.callbacks.base import ContinualCallback
 
-from cvit.methods.allocation import recall_counts, recall_kl
+from cvit.methods.allocation import KL_REDUCTIONS, recall_counts, recall_kl
 from cvit.registry import register_callback
 
 
@@ -28,13 +29,16 @@ class TaskRecall(ContinualCallback):
     sequential_only = True
 
     def __init__(self, mode: str = "replay", counts: str = "similarity", phi: int = 200, loss_weight: float = 2.0,
-                 seed: int = 0) -> None:
+                 reduction: str = "sum", seed: int = 0) -> None:
         if mode not in ("replay", "kl"):
             raise ValueError(f"mode must be replay or kl, got {mode!r}")
         if counts not in ("similarity", "random", "none"):
             raise ValueError(f"counts must be similarity, random or none, got {counts!r}")
         if phi < 0:
             raise ValueError("phi must be >= 0")
+        if reduction not in KL_REDUCTIONS:
+            raise ValueError(f"reduction must be one of {', '.join(KL_REDUCTIONS)}, got {reduction!r}")
+        self.reduction = reduction
         self.mode, self.counts, self.phi, self.loss_weight, self.seed = mode, counts, phi, loss_weight, seed
         self.buffer: dict[str, list[int]] = {}  # task -> phi record indices
         self.recorded: dict[str, torch.Tensor] = {}  # task -> [phi, blocks then] allocation (mode kl)
@@ -78,7 +82,7 @@ class TaskRecall(ContinualCallback):
         device = next(module.pool.extras.parameters()).device  # fits move the module after task start
         self.recall_pooled, self.recall_targets = self.recall_pooled.to(device), self.recall_targets.to(device)
         current = module.router.allocate(self.recall_pooled)
-        return {"recall_kl": self.loss_weight * recall_kl(current, self.recall_targets)}
+        return {"recall_kl": self.loss_weight * recall_kl(current, self.recall_targets, self.reduction)}
 
     def on_task_end(self, trainer, module, datamodule, task) -> None:
         size = len(datamodule.train_records[task.name])

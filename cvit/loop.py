@@ -25,9 +25,9 @@ from cvit.config import Sources, to_yaml
 from cvit.data.collate import Collator
 from cvit.data.datamodule import ContinualDataModule
 from cvit.data.stream import Task, build_tasks
-from cvit.errors import ConfigError
 from cvit.evaluate import evaluate_tasks, evaluation_trainer
 from cvit.inflight import AtomicCheckpointIO, inflight_callback, inflight_file
+from cvit.provenance import run_setup
 from cvit.registry import build_callbacks
 from cvit.rundir import RunDirectory, stage_name
 from cvit.tensorboard_log import ContinualBoard
@@ -67,13 +67,6 @@ class ContinualRun:
         cfg = self.cfg
         validate_config(cfg, self.sources)
         self.callbacks = build_callbacks(cfg.callbacks, self.sources, cfg.method.mode)
-        pooled = [key for key, cb in self.callbacks.items() if "adapter_pool" in cb.owns]
-        if pooled and cfg.model.lora.train_projector:
-            # peft saves a trained projector per adapter (modules_to_save): every new adapter would start from
-            # the base projector, mixtures would not switch it, and add_weighted_adapter refuses it
-            raise ConfigError(f"{self.sources.of('model.lora.train_projector')}: key 'model.lora.train_projector': "
-                              f"callback '{pooled[0]}' keeps several adapters; a trained projector is not "
-                              "supported with it (set model.lora.train_projector=false)")
         self.stream, self.unseen = build_tasks(cfg.benchmark, self.sources)
         self.stages = plan_stages(cfg.method.mode, self.stream)
         self.datamodule = ContinualDataModule(
@@ -127,8 +120,9 @@ class ContinualRun:
 
         L.seed_everything(self.cfg.train.seed, verbose=False)  # the adapters' initial weights
         self.module = ContinualModule(self.cfg.model, self.cfg.train)
+        model = self.cfg.model
         self.datamodule.attach_collator(
-            Collator(self.module.processor, self.cfg.model.family, self.cfg.model.max_length)
+            Collator(self.module.processor, model.family, model.max_length, model.chat_format)
         )
 
     def empty_matrix(self) -> dict[str, Any]:
@@ -138,7 +132,7 @@ class ContinualRun:
             "tasks": [t.name for t in self.stream], "stages": [s.name for s in self.stages],
             "scorers": {t.name: t.scorer for t in self.stream + self.unseen},
             "relaxed": cfg.eval.relaxed, "unseen_tasks": [t.name for t in self.datamodule.unseen],
-            "protocol": OmegaConf.to_container(cfg.benchmark.protocol),
+            "protocol": OmegaConf.to_container(cfg.benchmark.protocol), "setup": run_setup(cfg),
             "matrix": [], "future": [], "unseen": [], "mif": [], "unseen_mif": [], "details": {}, "seconds": [],
             "parameters": [],
             "completed": 0,
@@ -195,7 +189,7 @@ class ContinualRun:
         doc["seconds"].append(round(time.perf_counter() - started, 2))
         doc.setdefault("parameters", []).append({
             "trainable": trainable, "stored": module.pool.parameter_count(),
-            "inference": module.router.inference_parameters(module.pool),
+            "inference": module.router.inference_parameters(module.pool) + module.pool.projector_size,
         })
         doc["completed"] = index + 1
         self.run_dir.save_matrix(doc)
@@ -215,7 +209,7 @@ class ContinualRun:
         trainer = evaluation_trainer(self.cfg.train.accelerator, self.cfg.train.precision)
         results = evaluate_tasks(
             trainer, self.module, self.datamodule, [t for tasks in groups.values() for t in tasks],
-            self.cfg.eval.relaxed, self.cfg.benchmark.protocol.caption_metric,
+            self.cfg.eval.relaxed, self.cfg.benchmark.protocol.caption_metric, self.cfg.eval.scoring,
         )
         for name, result in results.items():
             self.run_dir.save_predictions(index, stage.name, name, result.predictions)

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from cvit.atomic import write_text, write_with
 from cvit.eval.metrics import METRIC_LABELS, format_value, read_matrix_doc, run_metrics
+from cvit.provenance import setup_lines
 
 TABLE_METRICS = ("last", "maa", "bwt", "forgetting", "new_acc", "mif")
 
@@ -144,8 +145,8 @@ def _parameter_lines(doc: dict[str, Any]) -> list[str]:
     body = [[label, *(f"{row[key]:,}" for key in ("trainable", "stored", "inference"))]
             for label, row in zip(row_labels(doc, len(rows)), rows, strict=True)]
     table = markdown_table(["", "trainable", "stored", "loaded at inference"], body)
-    return ["## Parameters", "", "Adapter parameters (LoRA, saved projector, methods' keys and projectors), "
-            "not the base model's.", "", table, ""]
+    return ["## Parameters", "", "Adapter parameters (LoRA, the trained multimodal projector, methods' keys and "
+            "projectors), not the frozen base model's.", "", table, ""]
 
 
 def _details_lines(doc: dict[str, Any]) -> list[str]:
@@ -174,7 +175,8 @@ def report_markdown(doc: dict[str, Any], image: str | None) -> str:
         lines += _metrics_lines(doc)
     else:
         lines += ["No stage has completed yet.", ""]
-    lines += _mif_lines(doc) + _protocol_lines(doc) + _scorer_lines(doc) + _unseen_lines(doc) + _parameter_lines(doc)
+    lines += _mif_lines(doc) + _protocol_lines(doc) + setup_lines(doc.get("setup") or {}) + _scorer_lines(doc)
+    lines += _unseen_lines(doc) + _parameter_lines(doc)
     lines += _details_lines(doc)
     return "\n".join(lines).rstrip() + "\n"
 

@@ -20,7 +20,9 @@ class LoraSchema:
     alpha: int = 16
     dropout: float = 0.05
     target_modules: str = LANGUAGE_MODEL_LINEARS  # a regex on module names (language model only)
-    train_projector: bool = False  # multimodal projector trainable (saved with the adapter) or frozen
+    # one multimodal projector shared by every adapter, trained beside them (as the papers do) or frozen
+    train_projector: bool = False
+    projector_lr: float | None = None  # its learning rate (papers: 2e-5 beside LoRA's 2e-4); None: train.lr
 
 
 @dataclass
@@ -31,6 +33,9 @@ class ModelSchema:
     compute_dtype: str = "float32"  # float32 | bfloat16 | float16: load dtype and 4-bit compute dtype
     gradient_checkpointing: bool = False
     max_length: int = 512  # prompt + answer tokens; answers are truncated, never image tokens
+    # minimal: "USER: <image>\n... ASSISTANT:"; llava_v1: the same after the system sentence of LLaVA-1.5's
+    # training code (what the papers' forks train with; llava family only)
+    chat_format: str = "minimal"
     lora: LoraSchema = field(default_factory=LoraSchema)
 
 
@@ -55,7 +60,9 @@ class ProtocolSchema:
 
     follows: str = ""  # which paper(s) a number on this spec is comparable with
     base_model: str = ""  # e.g. "LLaVA-1.5-7B after its own SFT (CoIN)"
-    caption_metric: str = "cider"  # the matrix's caption number: cider | mean (of BLEU-1..4, METEOR, ROUGE-L, CIDEr)
+    # the matrix's caption number: cider | cider_raw (CIDEr without PTB tokenisation, SMoLoRA's scripts) | mean (of
+    # BLEU-1..4, METEOR, ROUGE-L, CIDEr)
+    caption_metric: str = "cider"
     bwt_denominator: str = "T-1"  # T-1 (GEM, LLaCA, HiDe) | T (ProgLoRA's tables)
     notes: list[str] = field(default_factory=list)
 
@@ -107,6 +114,9 @@ class EvalSchema:
     future_tasks: bool = False  # also evaluate not-yet-trained tasks (forward transfer)
     unseen: bool = True  # evaluate the benchmark's unseen tasks after each task
     relaxed: bool = False  # relaxed (contains) matching for short answers, e.g. for zero-shot figures
+    # official: each benchmark's own evaluation code, including where it is strict; lenient: the kit's
+    # more forgiving readings (see cvit/eval/scorers.py), reported as such
+    scoring: str = "official"
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -10,10 +11,13 @@ from cvit.config import Sources
 from cvit.errors import ConfigError
 from cvit.eval.captions import CAPTION_METRICS
 from cvit.eval.mif import MIF_RULES
-from cvit.eval.scorers import SCORER_NAMES
+from cvit.eval.scorers import SCORER_NAMES, SCORINGS
 from cvit.model.build import DTYPES, FAMILIES, QUANTIZATIONS
+from cvit.model.prompting import CHAT_FORMATS
 
 MODES = ("sequential", "joint", "zeroshot")
+# model.family -> the `model_type` of a Hugging Face folder of that family (its config.json)
+MODEL_TYPES = {"llava": "llava", "qwen2_vl": "qwen2_vl"}
 
 
 def choose(cfg_value: str, allowed, key: str, sources: Sources) -> None:
@@ -39,14 +43,52 @@ def validate_benchmark(cfg: DictConfig, sources: Sources) -> None:
         raise ConfigError(f"{sources.of('benchmark')}: key 'benchmark.tasks': no tasks defined")
 
 
+def validate_model_options(cfg: DictConfig, sources: Sources) -> None:
+    """Chat format for the family; a projector learning rate only for a trained projector."""
+    model, lora = cfg.model, cfg.model.lora
+    choose(model.chat_format, CHAT_FORMATS, "model.chat_format", sources)
+    if model.family not in CHAT_FORMATS[model.chat_format]:
+        raise ConfigError(f"{sources.of('model.chat_format')}: key 'model.chat_format': {model.chat_format!r} is "
+                          f"for the {', '.join(CHAT_FORMATS[model.chat_format])} family, not {model.family!r}")
+    if lora.projector_lr is not None:
+        if not lora.train_projector:
+            raise ConfigError(f"{sources.of('model.lora.projector_lr')}: key 'model.lora.projector_lr': set, but the "
+                              "projector is frozen (set model.lora.train_projector=true, or drop projector_lr)")
+        if lora.projector_lr <= 0:
+            raise ConfigError(f"{sources.of('model.lora.projector_lr')}: key 'model.lora.projector_lr': must be > 0")
+
+
+def check_model_family(cfg: DictConfig, sources: Sources) -> None:
+    """model.family against the model folder's config.json `model_type` (read as JSON: no model loads). A folder
+    without config.json is left to the loader."""
+    config_json = Path(cfg.model.path) / "config.json"
+    expected = MODEL_TYPES.get(cfg.model.family)
+    if expected is None or not config_json.is_file():
+        return
+    try:
+        model_type = json.loads(config_json.read_text(encoding="utf-8")).get("model_type")
+    except (ValueError, AttributeError) as err:
+        raise ConfigError(f"{config_json}: not a JSON object with 'model_type' ({err})") from None
+    if model_type != expected:
+        fits = [family for family, kind in MODEL_TYPES.items() if kind == model_type]
+        hint = (f"set model.family={fits[0]}" if fits else
+                "the kit loads Hugging Face-format folders, e.g. llava-hf/llava-1.5-7b-hf or Qwen/Qwen2-VL-2B-Instruct")
+        raise ConfigError(f"{sources.of('model.family')}: key 'model.family': {cfg.model.family!r} expects a model "
+                          f"folder of model_type {expected!r}, but {config_json} has model_type {model_type!r} "
+                          f"({hint})")
+
+
 def validate_config(cfg: DictConfig, sources: Sources) -> None:
     choose(cfg.model.family, FAMILIES, "model.family", sources)
     choose(cfg.model.quantization, QUANTIZATIONS, "model.quantization", sources)
     choose(cfg.model.compute_dtype, DTYPES, "model.compute_dtype", sources)
     choose(cfg.method.mode, MODES, "method.mode", sources)
+    choose(cfg.eval.scoring, SCORINGS, "eval.scoring", sources)
+    validate_model_options(cfg, sources)
     validate_benchmark(cfg, sources)
     if not Path(cfg.model.path).is_dir():
         raise ConfigError(f"{sources.of('model.path')}: key 'model.path': model folder not found: {cfg.model.path}")
+    check_model_family(cfg, sources)
     root = Path(cfg.benchmark.root)
     if not root.is_dir():
         raise ConfigError(f"{sources.of('benchmark.root')}: key 'benchmark.root': data root not found: {root}")

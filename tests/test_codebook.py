@@ -39,7 +39,7 @@ def test_coin_origin_templates_group_as_in_the_paper():
 
 
 def test_mean_over_pairs_decides_reuse_and_threshold():
-    codebook = InstructionCodebook()
+    codebook = InstructionCodebook(similarity="mean")
     codebook.add(None, "a", [SHORT, "Respond with one word."])
     similar = ["Answer the question using a single word.", SHORT]
     expected = (pair_similarity(similar[0], SHORT) + pair_similarity(similar[0], "Respond with one word.")
@@ -49,14 +49,30 @@ def test_mean_over_pairs_decides_reuse_and_threshold():
     assert codebook.match(similar, threshold=expected + 1e-6)[0] is None
 
 
-def test_routing_picks_the_best_group_or_the_latest():
+def test_maximum_over_pairs_is_the_paper_rule():
+    """Paper: the maximum pair similarity; one identical instruction among unrelated ones reaches 1."""
+    group = [SHORT, "Respond with one word."]
+    similar = ["Describe the scene in detail.", SHORT]
+    pairs = [pair_similarity(t, g) for t in similar for g in group]
+    paper, released = InstructionCodebook(similarity="max"), InstructionCodebook(similarity="mean")
+    for codebook in (paper, released):
+        codebook.add(None, "a", group)
+    assert max(pairs) == 1.0 and paper.similarities(similar) == pytest.approx([1.0])
+    assert released.similarities(similar) == pytest.approx([sum(pairs) / 4])
+    assert paper.match(similar, threshold=0.9)[0] == 0 and released.match(similar, threshold=0.9)[0] is None
+
+
+def test_routing_below_the_threshold_takes_the_best_or_the_group_created_last():
     codebook = InstructionCodebook()
-    codebook.add(None, "letters", [LETTER])
     codebook.add(None, "short", [SHORT])
+    codebook.add(None, "letters", [LETTER])
     codebook.add(None, "boxes", [BOX])
-    assert codebook.latest == 2
-    routed = codebook.route([SHORT, LETTER, "Describe the picture.", SHORT], threshold=0.3)
-    assert routed == [1, 0, 2, 1]  # the unmatched instruction goes to the group trained last
+    codebook.add(0, "short", [OBJECT])  # retrained last: not the group created last
+    near_object = "Name the object in the image."
+    assert 0 < pair_similarity(near_object, OBJECT) < 0.9 and pair_similarity(near_object, BOX) == 0
+    texts = [SHORT, LETTER, near_object, "Tell me a story."]
+    assert codebook.route(texts, threshold=0.9, fallback="best") == [0, 1, 0, 0]
+    assert codebook.route(texts, threshold=0.9, fallback="created_last") == [0, 1, 2, 2]
 
 
 def test_state_round_trip():

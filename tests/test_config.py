@@ -67,7 +67,15 @@ def test_missing_required_keys_are_listed():
 
 
 @pytest.mark.parametrize(("overrides", "method_yaml", "match"), [
-    (["benchmark.order=sideways"], None, r"unknown order 'sideways'"),
+    (["benchmark.order=sideways"], None, r"unknown order 'sideways'; known: default, reverse \(or"),
+    ([], "callbacks:\n  e: {name: dynamic_ema, granularity: block}\n",
+     r"m\.yaml: key 'callbacks.e': granularity must be one of layer, tensor, got 'block'"),
+    ([], "callbacks:\n  p: {name: progressive_pool, allocation: dynamic}\n  r: {name: task_recall, mode: kl, "
+         "reduction: average}\n", r"m\.yaml: key 'callbacks.r': reduction must be one of sum, mean, got 'average'"),
+    ([], "callbacks:\n  g: {name: instruction_grouping, similarity: median}\n",
+     r"m\.yaml: key 'callbacks.g': similarity must be one of max, mean, got 'median'"),
+    ([], "callbacks:\n  h: {name: hide, layout: expand_some}\n", r"m\.yaml: key 'callbacks.h': layout must be one of"),
+    (["eval.scoring=generous"], None, r"command line: key 'eval.scoring': 'generous' is not one of official, lenient"),
     (["benchmark.order=[colour_mc,nope]"], None, r"command line: key 'benchmark.order': unknown task 'nope'"),
     ([], "callbacks:\n  r: {name: no_such_thing}\n",
      r"m\.yaml: key 'callbacks.r.name': unknown callback 'no_such_thing'"),
@@ -90,13 +98,21 @@ def test_explicit_order_list(small_config):
     assert [t.name for t in run.stream] == ["grounding", "colour_mc"]
 
 
-def test_every_shipped_config_validates(small_config):
-    """Each method / experiment YAML composes with the tiny-model overrides and passes `prepare`."""
-    for path in sorted((CONFIGS / "method").glob("*.yaml")) + sorted((CONFIGS / "experiment").glob("*.yaml")):
+def test_every_shipped_config_validates(small_config, tmp_path):
+    """Each method / experiment YAML composes with the tiny-model overrides and passes `prepare`; each model YAML
+    validates against a tiny model of its family."""
+    from cvit.model.tiny_qwen import save_tiny_qwen2vl
+
+    methods = sorted((CONFIGS / "method").glob("*.yaml"))
+    assert len(methods) > 10
+    for path in methods + sorted((CONFIGS / "experiment").glob("*.yaml")):
         cfg, sources = small_config(files=[path])
         ContinualRun(cfg, sources).prepare()
+    qwen = save_tiny_qwen2vl(tmp_path / "tiny-qwen")
     for path in sorted((CONFIGS / "model").glob("*.yaml")):
         cfg, sources = small_config(files=[path])
+        if cfg.model.family == "qwen2_vl":
+            cfg, sources = small_config(f"model.path={qwen}", files=[path])
         validate_config(cfg, sources)
 
 

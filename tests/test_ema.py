@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cvit.methods.ema import DynamicEMA
+from cvit.methods.ema import DynamicEMA, layer_units
 
 
 def l1(t: torch.Tensor) -> float:
@@ -93,3 +93,40 @@ def test_bad_arguments():
         DynamicEMA("nope")
     with pytest.raises(ValueError, match="beta"):
         DynamicEMA("fixed", beta=1.0)
+    with pytest.raises(ValueError, match="units"):
+        DynamicEMA("paper").start(tensors([1.0], [2.0]), units=[0, 2])
+
+
+def test_layer_units_join_a_lora_layers_a_and_b_and_a_modules_weight_and_bias():
+    names = ["m.q_proj.lora_A.default.weight", "m.q_proj.lora_B.default.weight", "m.v_proj.lora_A.default.weight",
+             "m.q_proj.lora_A.block1.weight", "m.projector.linear_1.weight", "m.projector.linear_1.bias",
+             "m.v_proj.lora_B.default.weight"]
+    assert layer_units(names) == [0, 0, 1, 0, 2, 2, 1]
+
+
+def test_paper_formula_with_one_beta_per_layer_recomputed_by_hand():
+    """Units {A, B} and {C}: each unit's L1 norm is the sum over its tensors; A and B take one beta."""
+    theta0 = tensors([1.0, -2.0], [0.5, 0.5, 0.5], [3.0])
+    ema = DynamicEMA("paper", fallback=0.99)
+    ema.start(theta0, units=[0, 0, 1])
+    theta1, g1 = tensors([0.9, -1.8], [0.4, 0.6, 0.5], [2.0]), tensors([0.5, -1.0], [0.2, -0.2, 0.0], [1.0])
+    ema.step(theta1, g1)  # first step: fallback everywhere
+    ema1 = [0.99 * a + 0.01 * b for a, b in zip(theta0, theta1, strict=True)]
+    theta2, g2 = tensors([0.2, -1.1], [0.3, 0.7, 0.45], [1.5]), tensors([-3.0, 2.5], [0.1, -0.3, 0.05], [-2.0])
+    expected = []
+    for members in ([0, 1], [2]):
+        lag = sum(l1(theta1[i] - ema1[i]) for i in members)
+        drift = sum(l1(theta2[i] - ema1[i]) for i in members)
+        change = sum(l1(g2[i] - g1[i]) for i in members)
+        grad = sum(l1(g2[i]) for i in members)
+        beta = 1 - lag * (1 + grad) / (drift * change)
+        expected.append(beta if 0 < beta < 1 else 0.99)
+    betas, fell_back = ema.step(theta2, g2)
+    assert betas.tolist() == pytest.approx(expected, rel=1e-5) and not fell_back[0]
+    per_tensor = DynamicEMA("paper", fallback=0.99)  # per-tensor betas differ for A and B
+    per_tensor.start(theta0)
+    per_tensor.step(theta1, g1)
+    tensor_betas, _ = per_tensor.step(theta2, g2)
+    assert tensor_betas[0] != pytest.approx(tensor_betas[1])
+    for e, old, new, beta in zip(ema.ema, ema1, theta2, [expected[0], expected[0], expected[1]], strict=True):
+        assert torch.allclose(e, beta * old + (1 - beta) * new, atol=1e-6)

@@ -85,7 +85,7 @@ def test_hide_fuses_lower_layers_and_mixes_top_layer_experts(small_config, tmp_p
     params = json.loads((run_dir / "matrix.json").read_text())["parameters"]
     per_expert_top = module.pool.parameter_count(["default"], set(top))
     fused_rest = module.pool.parameter_count(["fused"], set(rest))
-    assert params[-1]["inference"] == fused_rest + 3 * per_expert_top
+    assert params[-1]["inference"] == fused_rest + 3 * per_expert_top + module.pool.projector_size
 
     # the CKA analysis of the run: one task-by-task matrix per decoder layer, 1 on the diagonal
     out = analyze_run(run_dir, samples=4)
@@ -93,6 +93,25 @@ def test_hide_fuses_lower_layers_and_mixes_top_layer_experts(small_config, tmp_p
     matrix = np.array(cka["cka"])
     assert matrix.shape == (4, 3, 3) and np.allclose(np.diagonal(matrix, axis1=1, axis2=2), 1.0)
     assert (out / "cka.png").is_file() and len(cka["mean_between_tasks"]) == 4
+
+
+def test_linear_fusion_puts_the_coefficient_on_a_and_b_as_the_released_code(small_config):
+    """epsilon 0.5, linear: the released code's (sum_i 0.5 B_i)(sum_i 0.5 A_i) scaled by s, i.e. 0.25 on every
+    product B_i A_j; with average over T = 2 tasks the coefficient is 0.25: the plain mean of the A and the B."""
+    for extra, coefficient in (((), 0.5), (("callbacks.hide.average=true",), 0.25)):
+        cfg, sources = small_config("benchmark.order=[colour_mc,count_vqa]", "train.max_steps=2",
+                                    "eval.unseen=false", "callbacks.hide.epsilon=0.5",
+                                    "callbacks.hide.anchor_samples=8", f"run.name=hide-linear-{coefficient}", *extra,
+                                    files=HIDE)
+        run = ContinualRun(cfg, sources)
+        run.run()
+        for layer in list(lora_layers(run.module.pool.peft).values())[:4]:
+            a = coefficient * layer.lora_A["default"].weight + coefficient * layer.lora_A["task1"].weight
+            b = coefficient * layer.lora_B["default"].weight + coefficient * layer.lora_B["task1"].weight
+            by_hand = layer.scaling["default"] * b @ a
+            assert torch.allclose(lora_delta(layer, "fused"), by_hand, atol=1e-6)
+            products = coefficient * (lora_delta(layer, "default") + lora_delta(layer, "task1"))
+            assert not torch.allclose(by_hand, products, atol=1e-6)  # the cross terms B_i A_j differ from it
 
 
 def test_cat_fusion_is_the_exact_sum_of_deltas(small_config):
@@ -106,7 +125,7 @@ def test_cat_fusion_is_the_exact_sum_of_deltas(small_config):
         assert torch.allclose(lora_delta(layer, "fused"), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("layout", ["merge_all", "merge_all_but_top", "expand_all"])
+@pytest.mark.parametrize("layout", ["merge_all", "merge_all_but_top", "expand_all", "expand_all_but_top"])
 def test_layouts_load_their_parameters(small_config, layout):
     cfg, sources = small_config("benchmark.order=[colour_mc,count_vqa]", "train.max_steps=1", "eval.unseen=false",
                                 f"callbacks.hide.layout={layout}", "callbacks.hide.anchor_samples=8",
@@ -116,8 +135,11 @@ def test_layouts_load_their_parameters(small_config, layout):
     pool = run.module.pool
     one = pool.parameter_count(["default"])
     top = {n for n in lora_layers(pool.peft) if decoder_layer_index(n) == 3}
-    expected = {"merge_all": one, "merge_all_but_top": one, "expand_all": 2 * one}[layout]
-    assert json.loads((run_dir / "matrix.json").read_text())["parameters"][-1]["inference"] == expected
+    at_top = pool.parameter_count(["default"], top)
+    expected = {"merge_all": one, "merge_all_but_top": one, "expand_all": 2 * one,
+                "expand_all_but_top": 2 * (one - at_top) + at_top}[layout]
+    inference = json.loads((run_dir / "matrix.json").read_text())["parameters"][-1]["inference"]
+    assert inference == expected + pool.projector_size
     assert ("fused" in pool.names) == (layout != "expand_all")
     assert pool.parameter_count(["default"], top) < one
 
@@ -143,12 +165,9 @@ def test_hide_under_4bit(small_config):
     assert run.module.router.weights(batch).shape == (3, 2)
 
 
-def test_bad_top_layer_and_trained_projector_are_refused_before_loading(small_config):
+def test_bad_top_layer_is_refused_before_loading(small_config):
     from cvit.errors import ConfigError
 
-    cfg, sources = small_config("model.lora.train_projector=true", files=HIDE)
-    with pytest.raises(ConfigError, match="train_projector.*'hide' keeps several adapters"):
-        ContinualRun(cfg, sources).prepare()
     cfg, sources = small_config("callbacks.hide.top_layers=[4]", files=HIDE)
     with pytest.raises(ConfigError, match=r"top_layers': \[4\] outside the model's 4 decoder layers"):
         ContinualRun(cfg, sources).prepare()

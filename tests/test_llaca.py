@@ -119,7 +119,7 @@ def test_ema_state_resumes_mid_task_identically(small_config):
         json.loads((straight / "matrix.json").read_text())["matrix"]
 
 
-def test_llaca_under_4bit_tracks_only_the_adapters(small_config):
+def test_llaca_under_4bit_tracks_the_adapters_and_projector_never_the_base(small_config):
     cfg, sources = small_config("benchmark.order=[count_vqa]", "train.max_steps=3", "model.quantization=nf4",
                                 "run.name=llaca-nf4", files=LLACA)
     run = ContinualRun(cfg, sources)
@@ -128,7 +128,8 @@ def test_llaca_under_4bit_tracks_only_the_adapters(small_config):
     module = run.module
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in module.modules())
     names = run.callbacks["probe"].params
-    assert names and all("lora_" in n for n in names)
+    assert any("lora_" in n for n in names) and any("multi_modal_projector" in n for n in names)
+    assert all("lora_" in n or "multi_modal_projector" in n for n in names)
     steps = run.callbacks["probe"].states
     first, last = steps[min(steps)], steps[max(steps)]
     assert any(not torch.equal(a, b) for a, b in zip(first, last, strict=True))  # the EMA moved
@@ -185,3 +186,62 @@ def test_ema_updates_once_per_optimizer_step_under_gradient_accumulation(small_c
     run.prepare = prepare
     run.run()
     assert len(batches) == 6 and len(updates) == 3
+
+
+class AdapterAtStart(ContinualCallback):
+    """The LoRA weights of the adapter each task trains, as the first task that trains it starts its fit."""
+
+    def __init__(self) -> None:
+        self.weights: dict[str, dict[str, torch.Tensor]] = {}
+
+    def on_train_start(self, trainer, module) -> None:
+        [adapter] = module.pool.trainable
+        self.weights.setdefault(adapter, {n.replace(f".{adapter}.", "."): p.detach().clone()
+                                          for n, p in module.named_parameters() if f".{adapter}." in n})
+
+
+def test_released_pipeline_copies_groups_skips_the_ema_on_new_ones_and_routes_test_sets(small_config):
+    cfg, sources = small_config(GROUPED, "train.max_steps=3", "run.name=llaca-released",
+                                files=[CONFIGS / "method" / "llaca_released.yaml"])
+    run = ContinualRun(cfg, sources)
+    probe = AdapterAtStart()
+    run.prepare = wrap_prepare(run, probe)
+    run_dir = run.run()
+    grouping, ema = run.callbacks["grouping"], run.callbacks["ema"]
+    assert [(d["adapter"], d["new"]) for d in grouping.decisions] == [("default", True), ("group1", True),
+                                                                      ("group1", False)]
+    # the new group started from the weights the previous task left in its adapter
+    first = load_file(run_dir / "stages" / "00_colour_mc" / "adapters" / "default" / "adapter_model.safetensors")
+    started = {k.replace("model.base_model", "base_model"): v for k, v in probe.weights["group1"].items()}
+    assert first.keys() == started.keys() and all(torch.equal(first[k], started[k]) for k in first)
+    assert ema.skipped == ["colour_mc", "count_vqa"]  # EMA only on the task that retrained a group
+    # routing once per test set: every row of a task goes to its task's group
+    router, dm = run.module.router, run.datamodule
+    assert router.by_task["colour_mc"] == 0 and router.by_task["shape_cls"] == router.by_task["count_vqa"] == 1
+    items = [dm.test_set(dm.tasks[name])[0] for name in ("colour_mc", "shape_cls", "colour_mc")]
+    assert {tuple(rows) for rows, _ in router.route(dm.collator.eval_batch(items))} == {(0, 2), (1,)}
+
+
+def test_paper_pipeline_starts_new_groups_fresh_and_runs_the_ema_on_every_task(small_config):
+    cfg, sources = small_config(GROUPED, "train.max_steps=2", "run.name=llaca-paper", "eval.unseen=false",
+                                files=LLACA)
+    run = ContinualRun(cfg, sources)
+    probe = AdapterAtStart()
+    run.prepare = wrap_prepare(run, probe)
+    run_dir = run.run()
+    first = load_file(run_dir / "stages" / "00_colour_mc" / "adapters" / "default" / "adapter_model.safetensors")
+    started = {k.replace("model.base_model", "base_model"): v for k, v in probe.weights["group1"].items()}
+    lora_b = [k for k in first if "lora_B" in k]
+    assert lora_b and all(not torch.any(started[k]) for k in lora_b)  # peft's fresh init: B = 0
+    assert any(torch.any(first[k]) for k in lora_b)
+    assert run.callbacks["ema"].skipped == [] and run.callbacks["ema"].granularity == "layer"
+    # TensorBoard: the fallback rate at every logged step; the mean beta of the units that did not fall back
+    # apart, inside (0, 1) whenever one did not
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((run_dir / "tb" / "train").glob("00_*")))).Reload()
+    rates = [e.value for e in events.Scalars("ema/fallback_rate")]
+    assert rates and all(0 <= r <= 1 for r in rates)
+    dynamic = [e.value for e in events.Scalars("ema/beta_dynamic_mean")] \
+        if "ema/beta_dynamic_mean" in events.Tags()["scalars"] else []
+    assert len(dynamic) == sum(r < 1 for r in rates) and all(0 < b < 1 for b in dynamic)

@@ -16,7 +16,7 @@ def test_tokenizer_is_word_level_and_round_trips():
     assert len(ids) == len(split_words(text))
     assert tokenizer.unk_token_id not in ids
     assert tokenizer.decode(ids) == text
-    assert tokenizer.tokenize("[0.0, 0.5, 1.0, 1.0]") == ["[", "0.0", ",", "0.5", ",", "1.0", ",", "1.0", "]"]
+    assert tokenizer.tokenize("[0.00, 0.50, 1.00, 1.00]") == ["[", "0.00", ",", "0.50", ",", "1.00", ",", "1.00", "]"]
 
 
 def test_shipped_templates_have_no_unknown_words():

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from cvit.model.prompting import FORMATS
+from cvit.model.prompting import chat_format
 
 IGNORE_INDEX = -100
 TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
@@ -23,10 +23,10 @@ def text_fields(items: list[dict[str, Any]]) -> dict[str, list]:
 
 
 class Collator:
-    def __init__(self, processor: Any, family: str, max_length: int) -> None:
+    def __init__(self, processor: Any, family: str, max_length: int, format_name: str = "minimal") -> None:
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.format = FORMATS[family]
+        self.format = chat_format(family, format_name)
         self.max_length = max_length
         end = self.format.end_token or self.tokenizer.eos_token
         self.end_id = self.tokenizer.convert_tokens_to_ids(end)

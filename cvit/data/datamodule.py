@@ -91,12 +91,13 @@ class ContinualDataModule(L.LightningDataModule):
         in that order."""
         return [instruction for instruction, _ in self.prompts(task, indices)]
 
-    def templates(self, task: Task, indices: Sequence[int] | None = None) -> list[str]:
-        """The format instruction (template) of a task's training records `indices` (default: all)."""
-        return [template for _, template in self.prompts(task, indices)]
+    def templates(self, task: Task, indices: Sequence[int] | None = None, split: str = "train") -> list[str]:
+        """The format instruction (template) of a task's `split` ("train" or "test") records `indices`
+        (default: all)."""
+        return [template for _, template in self.prompts(task, indices, split)]
 
-    def prompts(self, task: Task, indices: Sequence[int] | None = None) -> list[tuple[str, str]]:
-        records = self.train_records[task.name]
+    def prompts(self, task: Task, indices: Sequence[int] | None = None, split: str = "train") -> list[tuple[str, str]]:
+        records = (self.train_records if split == "train" else self.test_records)[task.name]
         chosen = records if indices is None else [records[i] for i in indices]
         return [record_prompt(r, task.templates, self.seed, task.known_templates) for r in chosen]
 

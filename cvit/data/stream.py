@@ -41,7 +41,7 @@ def resolve_order(bench: DictConfig, sources: Sources) -> list[str]:
     else:
         raise ConfigError(
             f"{origin}: key 'benchmark.order': unknown order {bench.order!r}; "
-            f"known: {', '.join(['default', *bench.orders])} (or an explicit list of task names)"
+            f"known: {', '.join(dict.fromkeys(['default', *bench.orders]))} (or an explicit list of task names)"
         )
     for name in order:
         if name not in bench.tasks:

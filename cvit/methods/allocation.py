@@ -66,9 +66,13 @@ class DynamicAllocator(nn.Module):
         return logits.softmax(-1)
 
 
-def recall_kl(current: torch.Tensor, recorded: torch.Tensor) -> torch.Tensor:
-    """Mean over samples of KL(recorded || current): [N, n] allocations now vs [N, m <= n] recorded ones,
-    zero-padded to n. The recorded allocation is the target: zeros there contribute nothing (KL in the other
-    direction would be infinite on the padding)."""
+KL_REDUCTIONS = {"sum": "sum", "mean": "batchmean"}  # name -> torch's kl_div reduction
+
+
+def recall_kl(current: torch.Tensor, recorded: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """KL(recorded || current) of [N, n] allocations now vs [N, m <= n] recorded ones, zero-padded to n, summed
+    over the samples (`sum`: Eq. 8 sums over earlier tasks and their stored samples) or averaged (`mean`). The
+    recorded allocation is the target: zeros there contribute nothing (KL in the other direction would be
+    infinite on the padding)."""
     target = F.pad(recorded, (0, current.shape[1] - recorded.shape[1]))
-    return F.kl_div(current.clamp_min(1e-12).log(), target, reduction="batchmean")
+    return F.kl_div(current.clamp_min(1e-12).log(), target, reduction=KL_REDUCTIONS[reduction])

@@ -1,12 +1,15 @@
 """LLaCA's instruction codebook (llaca.txt Sec. 4.4, App. H-I): groups of instruction texts, each group
 owning one parameter set, matched by TF-IDF cosine similarity.
 
-Similarity of a list of instructions to a group, as the released code computes it
-(`instruct/LoRASelect.py`): for every (instruction, group instruction) pair, a scikit-learn
-`TfidfVectorizer(stop_words="english")` is fitted on the two strings and their cosine taken; the group's
-similarity is the mean over all pairs. A task reuses the most similar group when that mean reaches the
-threshold, else it opens a new group. Test instances are routed the same way, one at a time, to the most
-similar group, or to the group trained last when no group reaches the threshold.
+For every (instruction, group instruction) pair a scikit-learn `TfidfVectorizer(stop_words="english")` is
+fitted on the two strings and their cosine taken, as the released code does (`instruct/LoRASelect.py`). A
+group's similarity to a list of instructions is then
+  max   the maximum over the pairs (paper, Sec. 4.4 step 3 and Algorithm 1: "the maximum similarity")
+  mean  the mean over the pairs (released code).
+A task reuses the most similar group when that similarity reaches the threshold, else it opens a new group.
+Test instructions are routed to the most similar group; one that reaches no group's threshold goes to
+  best          the most similar group all the same (paper: test routing has no threshold)
+  created_last  the group created last (released code).
 """
 
 from __future__ import annotations
@@ -41,15 +44,19 @@ class Group:
     instructions: list[str] = field(default_factory=list)
 
 
+SIMILARITIES = {"max": max, "mean": fmean}
+FALLBACKS = ("best", "created_last")
+
+
 @dataclass
 class InstructionCodebook:
     groups: list[Group] = field(default_factory=list)
-    latest: int | None = None  # index of the group trained last
+    similarity: str = "max"  # one of SIMILARITIES: how pair similarities make a group's similarity
 
     def similarities(self, instructions: list[str]) -> list[float]:
-        """Mean pairwise similarity of `instructions` (repeats ignored) to each group, in group order."""
-        texts = unique(instructions)
-        return [fmean(pair_similarity(t, g) for t in texts for g in group.instructions) for group in self.groups]
+        """Similarity of `instructions` (repeats ignored) to each group, in group order."""
+        texts, reduce = unique(instructions), SIMILARITIES[self.similarity]
+        return [reduce([pair_similarity(t, g) for t in texts for g in group.instructions]) for group in self.groups]
 
     def match(self, instructions: list[str], threshold: float) -> tuple[int | None, float]:
         """(index of the group to retrain, its similarity), or (None, best similarity) for a new group."""
@@ -61,28 +68,29 @@ class InstructionCodebook:
 
     def add(self, index: int | None, adapter: str, instructions: list[str]) -> int:
         """Record a trained task: append its new instructions to group `index`, or open a new group
-        (index None) owning `adapter`. Returns the group's index, now the latest."""
+        (index None) owning `adapter`. Returns the group's index."""
         if index is None:
             self.groups.append(Group(adapter))
             index = len(self.groups) - 1
         group = self.groups[index]
         group.instructions = unique(group.instructions + instructions)
-        self.latest = index
         return index
 
-    def route(self, instructions: list[str], threshold: float) -> list[int]:
-        """The group of each test instruction: the most similar one if it reaches `threshold`, else the latest."""
-        chosen = {}
-        for text in unique(instructions):
-            index, _ = self.match([text], threshold)
-            chosen[text] = self.latest if index is None else index
+    def route_one(self, instructions: list[str], threshold: float, fallback: str) -> int:
+        """The group that serves `instructions` at test (see the module docstring for `fallback`)."""
+        scores = self.similarities(instructions)
+        best = max(range(len(scores)), key=scores.__getitem__)
+        return best if scores[best] >= threshold or fallback == "best" else len(self.groups) - 1
+
+    def route(self, instructions: list[str], threshold: float, fallback: str) -> list[int]:
+        """The group of each test instruction, routed one instruction at a time."""
+        chosen = {text: self.route_one([text], threshold, fallback) for text in unique(instructions)}
         return [chosen[text] for text in instructions]
 
     def state(self) -> dict:
-        return {"groups": [{"adapter": g.adapter, "instructions": g.instructions} for g in self.groups],
-                "latest": self.latest}
+        return {"groups": [{"adapter": g.adapter, "instructions": g.instructions} for g in self.groups]}
 
     @classmethod
-    def from_state(cls, state: dict) -> InstructionCodebook:
+    def from_state(cls, state: dict, similarity: str = "max") -> InstructionCodebook:
         groups = [Group(g["adapter"], list(g["instructions"])) for g in state.get("groups", [])]
-        return cls(groups, state.get("latest"))
+        return cls(groups, similarity)

@@ -7,7 +7,7 @@ LLaVA training code does, so the prompt/answer boundary for label masking is exa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,19 @@ FORMATS = {
         "<|im_end|>",
     ),
 }
+# LLaVA-1.5's training conversation ("v1"): the system sentence, then the same turns. The continual-tuning papers'
+# forks of the LLaVA code train and evaluate with it.
+LLAVA_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
+                "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+CHAT_FORMATS = {"minimal": ("llava", "qwen2_vl"), "llava_v1": ("llava",)}  # name -> families it applies to
+
+
+def chat_format(family: str, name: str = "minimal") -> ChatFormat:
+    """The family's chat format `name` (one of CHAT_FORMATS; `llava_v1` for the llava family only)."""
+    if family not in CHAT_FORMATS.get(name, ()):
+        raise ValueError(f"chat format {name!r} does not apply to the {family!r} family")
+    base = FORMATS[family]
+    return replace(base, prompt=f"{LLAVA_SYSTEM} {base.prompt}") if name == "llava_v1" else base
 
 
 def instruction_text(question: str, template: str | None) -> str:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import re
 
+from cvit.model.prompting import LLAVA_SYSTEM
+
 COLOURS = ("red", "green", "blue", "yellow")
 SHAPES = ("circle", "square", "triangle", "cross")
 QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIGITS = tuple(str(d) for d in range(10))
-BOX_VALUES = ("0.0", "0.5", "1.0")
+BOX_VALUES = ("0.00", "0.50", "1.00")
 LETTERS = ("A", "B", "C", "D")
 
 # Words of questions, answers, captions, base-training sentences and every instruction template of
@@ -30,7 +32,7 @@ Tell me about The shapes It is I see Where Name Count Read digit This shows
 [ ] , . number colours its for which choose pick correct picture object written
 region has of Pick Which Tell give There
 """
-CHAT_WORDS = ("USER", "ASSISTANT")
+CHAT_WORDS = ("USER", "ASSISTANT")  # the turns of every chat format, and the llava_v1 system sentence below
 
 
 def vocabulary() -> list[str]:
@@ -38,7 +40,7 @@ def vocabulary() -> list[str]:
     words = set(COLOURS + SHAPES + NUMBER_WORDS + DIGITS + BOX_VALUES + LETTERS + CHAT_WORDS)
     for quadrant in QUADRANTS:
         words.update(quadrant.split())
-    words.update(split_words(PHRASES))
+    words.update(split_words(PHRASES) + split_words(LLAVA_SYSTEM))
     return sorted(words)
 
 

@@ -23,7 +23,8 @@ def options_text(choices: tuple[str, ...]) -> str:
 
 
 def format_box(box: tuple[float, float, float, float]) -> str:
-    return "[" + ", ".join(f"{v:.1f}" for v in box) + "]"
+    """Two decimals, as the real grounding data (LLaVA's RefCOCO boxes, CoIN) writes them."""
+    return "[" + ", ".join(f"{v:.2f}" for v in box) + "]"
 
 
 def caption_of(shapes: tuple[Shape, ...]) -> str:

@@ -1,0 +1,48 @@
+"""What a run records for comparison with a paper: setup in matrix.json and report.md; the chat format."""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+
+import pytest
+import torch
+
+from cvit.errors import ConfigError
+from cvit.loop import ContinualRun
+from cvit.model.prompting import LLAVA_SYSTEM, chat_format
+
+
+def test_run_records_its_setup_and_the_chat_format_it_trained_with(small_config):
+    cfg, sources = small_config("benchmark.order=[count_vqa]", "train.max_steps=1", "eval.unseen=false",
+                                "model.chat_format=llava_v1", "train.accumulate_grad_batches=2", "train.seed=7",
+                                "model.lora.train_projector=true", "model.lora.projector_lr=3e-4", "run.name=setup")
+    run = ContinualRun(cfg, sources)
+    run_dir = run.run()
+    setup = json.loads((run_dir / "matrix.json").read_text())["setup"]
+    assert setup["versions"]["cvit-lightning"] == metadata.version("cvit-lightning")
+    assert setup["versions"]["torch"] == torch.__version__.split("+")[0] or setup["versions"]["torch"]
+    assert setup["world_size"] == 1 and setup["global_batch"] == 16 * 2 and setup["seed"] == 7
+    assert setup["chat_format"] == "llava_v1" and setup["scoring"] == "official"
+    assert setup["projector"] == {"trained": True, "lr": 3e-4} and setup["device"].startswith("cpu")
+    report = (run_dir / "report.md").read_text()
+    assert "## Setup" in report and "chat format llava_v1" in report and "global batch 32" in report
+    assert "multimodal projector trained at lr 0.0003" in report
+    # the prompts the model saw open with LLaVA-1.5's system sentence
+    dm = run.datamodule
+    batch = dm.collator.eval_batch([dm.test_set(dm.tasks["count_vqa"])[0]])
+    prompt = dm.collator.tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True)
+    assert prompt.split()[:4] == LLAVA_SYSTEM.split()[:4]
+
+
+def test_chat_formats():
+    assert chat_format("llava", "llava_v1").prompt == f"{LLAVA_SYSTEM} USER: <image>\n{{instruction}} ASSISTANT:"
+    assert chat_format("llava").prompt == "USER: <image>\n{instruction} ASSISTANT:"
+    with pytest.raises(ValueError, match="'llava_v1' does not apply to the 'qwen2_vl' family"):
+        chat_format("qwen2_vl", "llava_v1")
+
+
+def test_chat_format_of_another_family_is_refused_before_loading(small_config):
+    cfg, sources = small_config("model.family=qwen2_vl", "model.chat_format=llava_v1")
+    with pytest.raises(ConfigError, match="'model.chat_format': 'llava_v1' is for the llava family, not 'qwen2_vl'"):
+        ContinualRun(cfg, sources).prepare()
