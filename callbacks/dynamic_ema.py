@@ -49,19 +49,23 @@ class DynamicEMACallback(ContinualCallback):
         self.known_adapters: list[str] = []  # the pool's adapters at the end of the last task
         self.skipped: list[str] = []  # tasks trained without EMA (skip_new_adapters)
         self.running = True  # the EMA runs in this task
+        self.task = ""  # the running task's name
 
     @property
     def tensors_key(self) -> str:
         return f"{self.state_key}/tensors"
 
     def on_task_start(self, trainer, module, datamodule, task) -> None:
+        self.task = task.name
+
+    def on_train_start(self, trainer, module) -> None:
+        # here, not at task start: every callback's task-start hook has chosen the trainable adapters by now
         new = any(name not in self.known_adapters for name in module.pool.trainable)
         self.running = not (self.skip_new_adapters and new)
         if not self.running:
-            self.skipped.append(task.name)
-
-    def on_train_start(self, trainer, module) -> None:
-        if not self.running:
+            self.restored = None  # an in-flight checkpoint of this task holds no EMA
+            if self.task not in self.skipped:
+                self.skipped.append(self.task)
             return
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         self.names, self.params = [n for n, _ in named], [p for _, p in named]

@@ -12,6 +12,9 @@
                  twice (c^2 on each product, cross terms B_i A_j included) and `average` is the plain average of
                  the A and of the B matrices; `cat` applies c to each product: the exact sum_i c B_i A_i of Eq. 6
                  read as a sum of weight deltas, at T times the rank. Fig. 5 sweeps c: `callbacks.hide.epsilon=`.
+                 `linear` is the default although it is the released arithmetic: Eq. 6 cites task arithmetic and
+                 reads as `cat`, but the paper's own Table 3 counts (Merge (1-32) x0.86 of HiDe, i.e. one LoRA's
+                 size) fit only a same-rank merge; a rank-T `cat` adapter would load T LoRAs' parameters.
   routing        per instance d = softmax((alpha r_v + beta r_ins) / T) over the learned tasks, r = cosine
                  similarity of the instance's image / instruction features to each task's anchors (Eq. 3-4).
                  `layout` says what each decoder layer runs at inference (`top_layers`, default the last):
@@ -19,7 +22,8 @@
                    merge_all          every layer: the fused LoRA (no routing)
                    merge_all_but_top  the rest: fused; top: the latest task's LoRA alone (Table 3 "Merge (1-31)")
                    expand_all         every layer: sum_c d_c E_c(h) (Table 3 "Expand (1-32)")
-                   expand_all_but_top the rest: sum_c d_c E_c(h); top: fused (Table 3 "Expand (1-31)")
+                   expand_all_but_top the rest: sum_c d_c E_c(h); top: fused (Table 3 "Expand (1-31)"; the table
+                                      does not say what the top runs: the fusion, as the other layers of HiDe)
 The router reports the LoRA parameters each layout loads at inference (`inference_parameters`).
 """
 
@@ -122,6 +126,8 @@ class HiDeLLaVA(ContinualCallback):
             raise ValueError(f"fusion must be linear or cat, got {fusion!r}")
         if temperature <= 0:
             raise ValueError("temperature must be > 0")
+        if epsilon <= 0:
+            raise ValueError("epsilon must be > 0 (linear fusion puts it on A and B: its sign would cancel)")
         self.layout, self.fusion, self.epsilon, self.average = layout, fusion, epsilon, average
         self.top_layers = [int(i) for i in (top_layers if top_layers is not None else [-1])]
         self.temperature, self.alpha, self.beta = temperature, alpha, beta

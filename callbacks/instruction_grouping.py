@@ -102,3 +102,5 @@ class InstructionGrouping(ContinualCallback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.codebook = InstructionCodebook.from_state(state_dict.get("codebook", {}), self.similarity)
         self.decisions = list(state_dict.get("decisions", []))
+        if self.decisions:  # the adapter the last completed task trained (what `new_group: previous` copies)
+            self.adapter = self.decisions[-1]["adapter"]

@@ -84,7 +84,7 @@ class AllocationRouter(Router):
         return self.mixing(batch, self.tasks[-1])
 
     def inference_parameters(self, pool) -> int:
-        return pool.parameter_count()  # every block, and the dynamic allocator
+        return pool.parameter_count(self.blocks) + pool.extras_size  # every block, and the dynamic allocator
 
     def route(self, batch: dict[str, Any]) -> RowGroups:
         if self.allocator is not None:

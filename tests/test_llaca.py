@@ -245,3 +245,32 @@ def test_paper_pipeline_starts_new_groups_fresh_and_runs_the_ema_on_every_task(s
     dynamic = [e.value for e in events.Scalars("ema/beta_dynamic_mean")] \
         if "ema/beta_dynamic_mean" in events.Tags()["scalars"] else []
     assert len(dynamic) == sum(r < 1 for r in rates) and all(0 < b < 1 for b in dynamic)
+
+
+def test_a_skipped_task_leaves_no_ema_state_for_the_next_and_resume_keeps_the_previous_group():
+    """skip_new_adapters: a task skipped after an in-flight restore must not hand its empty EMA state to the
+    next task; a resumed grouping copies the adapter of the last completed task into a new group."""
+    from types import SimpleNamespace
+
+    from cvit.callbacks.dynamic_ema import DynamicEMACallback
+    from cvit.callbacks.instruction_grouping import InstructionGrouping
+
+    ema = DynamicEMACallback(formula="released", skip_new_adapters=True)
+    param = torch.nn.Parameter(torch.ones(2))
+    pool = SimpleNamespace(trainable=["default"], names=["default"])
+    module = SimpleNamespace(pool=pool, named_parameters=lambda: [("m.q.lora_A.default.weight", param)])
+    trainer = SimpleNamespace(global_step=0)
+    ema.on_task_start(trainer, module, None, SimpleNamespace(name="a"))
+    ema.on_load_checkpoint(trainer, module, {ema.tensors_key: {"names": [], "state": ema.ema.state()}})
+    ema.on_train_start(trainer, module)
+    assert ema.skipped == ["a"] and ema.restored is None and not ema.params
+    ema.on_task_end(trainer, module, None, SimpleNamespace(name="a"))
+    ema.on_task_start(trainer, module, None, SimpleNamespace(name="b"))
+    ema.on_train_start(trainer, module)  # the adapter now existed before the task: the EMA runs
+    assert ema.running and ema.names == ["m.q.lora_A.default.weight"] and ema.skipped == ["a"]
+
+    grouping = InstructionGrouping(new_group="previous")
+    grouping.load_state_dict({"codebook": {"groups": [{"adapter": "default", "instructions": ["x"]},
+                                                      {"adapter": "group1", "instructions": ["y"]}]},
+                              "decisions": [{"task": "t0", "adapter": "default"}, {"task": "t1", "adapter": "group1"}]})
+    assert grouping.adapter == "group1"

@@ -116,6 +116,7 @@ def test_static_pool_fuses_blocks_freezes_old_ones_and_sizes_replay(small_config
     assert params[0]["trainable"] == params[1]["trainable"] == params[2]["trainable"] > 0
     block = params[0]["trainable"] - module.pool.projector_size  # one block, and the shared projector once
     assert [p["stored"] for p in params] == [block * k + module.pool.projector_size for k in (1, 2, 3)]
+    assert [p["inference"] for p in params] == [p["stored"] for p in params]  # every block, the projector once
 
 
 def test_dynamic_pool_resumes_with_its_keys_projector_and_recall_buffer(small_config):

@@ -45,6 +45,9 @@ class AdapterPool:
         self.lora = lora
         self.projector_prefix = f"{find_module(model, projector)}." if projector else None
         self.peft: PeftModel = get_peft_model(model, lora, adapter_name=DEFAULT_ADAPTER)
+        if any(".lora_" in name for name in self.projector_parameters()):
+            raise ValueError("the LoRA target_modules reach the multimodal projector, which is trained whole "
+                             "(model.lora.train_projector); narrow model.lora.target_modules or freeze the projector")
         self.trainable: list[str] = [DEFAULT_ADAPTER]
         self.active: list[str] = [DEFAULT_ADAPTER]
         self.extras = torch.nn.ModuleDict()
@@ -82,8 +85,13 @@ class AdapterPool:
             if "lora_" in name:
                 total += param.numel() if layers is None or name.rsplit(".lora_", 1)[0] in layers else 0
         if adapters is None:
-            total += sum(p.numel() for p in self.extras.parameters()) + self.projector_size
+            total += self.extras_size + self.projector_size
         return total
+
+    @property
+    def extras_size(self) -> int:
+        """Parameters of the methods' own modules."""
+        return sum(p.numel() for p in self.extras.parameters())
 
     @property
     def projector_size(self) -> int:
@@ -105,8 +113,9 @@ class AdapterPool:
 
     def fuse(self, name: str, adapters: list[str], weights: list[float], combination: str) -> None:
         """(Re)create adapter `name` as peft's `add_weighted_adapter` of `adapters` with `weights`:
-        `linear` gives (sum_i sqrt(w_i) B_i)(sum_i sqrt(w_i) s_i A_i) at the same rank, `cat` the exact
-        sum_i w_i s_i B_i A_i at the summed rank. Active and trainable adapters are unchanged."""
+        `linear` gives (sum_i sqrt(w_i s_i) B_i)(sum_i sqrt(w_i s_i) A_i) at the same rank (the new adapter's own
+        scaling is 1), `cat` the exact sum_i w_i s_i B_i A_i at the summed rank. Active and trainable adapters are
+        unchanged."""
         if name in self.peft.peft_config:
             self.peft.delete_adapter(name)
         self.peft.add_weighted_adapter(adapters, weights, name, combination_type=combination)
