@@ -1,6 +1,6 @@
 """What a reader needs to compare a run with a paper's numbers (DESIGN §4c), recorded in matrix.json as `setup`
-and printed in report.md: library versions, device, world size, global batch, seeds, chat format, scoring rule,
-precision, quantization and the trained parts."""
+when the run starts and printed in report.md: library versions, device, world size, global batch, seed, model,
+epochs, chat format, scoring rule, precision, quantization and the trained parts."""
 
 from __future__ import annotations
 
@@ -48,7 +48,9 @@ def run_setup(cfg: DictConfig, world_size: int = 1) -> dict[str, Any]:
         "chat_format": cfg.model.chat_format,
         "scoring": cfg.eval.scoring,
         "relaxed": cfg.eval.relaxed,
-        "lora": {"r": lora.r, "alpha": lora.alpha, "lr": train.lr},
+        "model": {"family": cfg.model.family, "path": cfg.model.path},
+        "epochs": train.epochs, "max_steps": train.max_steps,
+        "lora": {"r": lora.r, "alpha": lora.alpha, "lr": train.lr, "target_modules": lora.target_modules},
         "projector": {"trained": lora.train_projector,
                       "lr": (train.lr if lora.projector_lr is None else lora.projector_lr) if lora.train_projector
                       else None},
@@ -67,7 +69,9 @@ def setup_lines(setup: dict[str, Any]) -> list[str]:
     versions = ", ".join(f"{name} {version}" for name, version in setup["versions"].items())
     lines = [
         f"- device: {setup['device']}; world size {setup['world_size']}; global batch {setup['global_batch']}",
-        f"- precision {setup['precision']}, quantization {setup['quantization']}; seed {setup['seed']}",
+        f"- model {setup['model']['family']} from {setup['model']['path']}; precision {setup['precision']}, "
+        f"quantization {setup['quantization']}; seed {setup['seed']}; epochs {setup['epochs']} per task"
+        + (f" (at most {setup['max_steps']} steps)" if setup["max_steps"] > 0 else ""),
         f"- LoRA r {setup['lora']['r']}, alpha {setup['lora']['alpha']}, lr {setup['lora']['lr']:g}; "
         f"multimodal projector {trained}",
         f"- chat format {setup['chat_format']}; scoring {setup['scoring']}"

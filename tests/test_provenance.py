@@ -27,7 +27,8 @@ def test_run_records_its_setup_and_the_chat_format_it_trained_with(small_config)
     assert setup["projector"] == {"trained": True, "lr": 3e-4} and setup["device"].startswith("cpu")
     report = (run_dir / "report.md").read_text()
     assert "## Setup" in report and "chat format llava_v1" in report and "global batch 32" in report
-    assert "multimodal projector trained at lr 0.0003" in report
+    assert "multimodal projector trained at lr 0.0003" in report and "epochs 1 per task (at most 1 steps)" in report
+    assert setup["model"]["family"] == "llava" and setup["lora"]["target_modules"] == cfg.model.lora.target_modules
     # the prompts the model saw open with LLaVA-1.5's system sentence
     dm = run.datamodule
     batch = dm.collator.eval_batch([dm.test_set(dm.tasks["count_vqa"])[0]])
