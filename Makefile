@@ -33,9 +33,9 @@ bench: install
 params: install
 	$(PY) scripts/param_counts.py
 
-# LLaCA's Table 6 ablation ladder on the embedded default, metrics side by side
+# LLaCA's Table 6 ablation ladder on the embedded default (and the released pipeline), metrics side by side
 ladder-llaca: install
-	$(CVIT) demo --work $(WORK) --methods seqlora stable_ema dynamic_ema dynamic_ema_released llaca
+	$(CVIT) demo --work $(WORK) --methods seqlora stable_ema dynamic_ema dynamic_ema_released llaca llaca_released
 
 # ProgLoRA's Table 3 ablations (static and dynamic) beside SeqLoRA
 ladder-proglora: install
@@ -44,7 +44,8 @@ ladder-proglora: install
 
 # HiDe-LLaVA's Table 3 layouts beside SeqLoRA
 ladder-hide: install
-	$(CVIT) demo --work $(WORK) --methods seqlora hide hide_average hide_merge_all hide_merge_all_but_top hide_expand_all
+	$(CVIT) demo --work $(WORK) --methods seqlora hide hide_average hide_merge_all hide_merge_all_but_top \
+		hide_expand_all hide_expand_all_but_top
 
 run: install
 	$(CVIT) fit -c $(CONFIG) $(ARGS)
