@@ -6,11 +6,11 @@ import json
 from importlib import metadata
 
 import pytest
-import torch
 
 from cvit.errors import ConfigError
 from cvit.loop import ContinualRun
 from cvit.model.prompting import LLAVA_SYSTEM, chat_format
+from cvit.provenance import LIBRARIES
 
 
 def test_run_records_its_setup_and_the_chat_format_it_trained_with(small_config):
@@ -21,7 +21,7 @@ def test_run_records_its_setup_and_the_chat_format_it_trained_with(small_config)
     run_dir = run.run()
     setup = json.loads((run_dir / "matrix.json").read_text())["setup"]
     assert setup["versions"]["cvit-lightning"] == metadata.version("cvit-lightning")
-    assert setup["versions"]["torch"] == torch.__version__.split("+")[0] or setup["versions"]["torch"]
+    assert setup["versions"]["torch"] == metadata.version("torch") and set(setup["versions"]) == set(LIBRARIES)
     assert setup["world_size"] == 1 and setup["global_batch"] == 16 * 2 and setup["seed"] == 7
     assert setup["chat_format"] == "llava_v1" and setup["scoring"] == "official"
     assert setup["projector"] == {"trained": True, "lr": 3e-4} and setup["device"].startswith("cpu")

@@ -43,9 +43,12 @@ class AdapterPool:
         """`projector`: the name (last component) of the base model's multimodal projector to train beside the
         adapters, or None to keep it frozen."""
         self.lora = lora
-        self.projector_prefix = f"{find_module(model, projector)}." if projector else None
+        prefix = f"{find_module(model, projector)}." if projector else None
         self.peft: PeftModel = get_peft_model(model, lora, adapter_name=DEFAULT_ADAPTER)
-        if any(".lora_" in name for name in self.projector_parameters()):
+        # found once: peft leaves the projector's modules in place (device moves keep the Parameter objects)
+        self.projector = {n: p for n, p in self.peft.get_base_model().named_parameters()
+                          if prefix is not None and n.startswith(prefix)}
+        if any(".lora_" in name for name in self.projector):
             raise ValueError("the LoRA target_modules reach the multimodal projector, which is trained whole "
                              "(model.lora.train_projector); narrow model.lora.target_modules or freeze the projector")
         self.trainable: list[str] = [DEFAULT_ADAPTER]
@@ -56,10 +59,7 @@ class AdapterPool:
 
     def projector_parameters(self) -> dict[str, torch.nn.Parameter]:
         """The trained projector's parameters by their name in the base model (empty when it is frozen)."""
-        if self.projector_prefix is None:
-            return {}
-        base = self.peft.get_base_model()
-        return {n: p for n, p in base.named_parameters() if n.startswith(self.projector_prefix)}
+        return self.projector
 
     def add_extra(self, name: str, module: torch.nn.Module) -> torch.nn.Module:
         """Register a method's module under `name` on the model's device; weights a saved stage holds for it
@@ -160,7 +160,7 @@ class AdapterPool:
         if len(self.extras):
             save_file({k: v.detach().cpu().contiguous() for k, v in self.extras.state_dict().items()},
                       out_dir / "extras.safetensors")
-        if self.projector_prefix is not None:
+        if self.projector:
             save_file({k: v.detach().cpu().contiguous() for k, v in self.projector_parameters().items()},
                       out_dir / PROJECTOR_FILE)
 
@@ -179,7 +179,7 @@ class AdapterPool:
                 self.peft.add_adapter(sub.name, config)
             weights = load_file(sub / "adapter_model.safetensors")
             set_peft_model_state_dict(self.peft, weights, adapter_name=sub.name)
-        if self.projector_prefix is not None:
+        if self.projector:
             self.load_projector(in_dir / PROJECTOR_FILE)
         self.set_active(meta["active"])
         self.set_trainable(meta["trainable"])
