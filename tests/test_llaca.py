@@ -222,13 +222,31 @@ def test_released_pipeline_copies_groups_skips_the_ema_on_new_ones_and_routes_te
     assert {tuple(rows) for rows, _ in router.route(dm.collator.eval_batch(items))} == {(0, 2), (1,)}
 
 
+class UnitProbe(ContinualCallback):
+    """(EMA units, tracked tensors, distinct module layers among them) at every optimizer step."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int, int]] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        from cvit.callbacks.dynamic_ema import DynamicEMACallback
+
+        from cvit.methods.ema import layer_units
+
+        ema = next(cb for cb in trainer.callbacks if isinstance(cb, DynamicEMACallback))
+        self.seen.append((ema.ema.unit_count, len(ema.params), len(set(layer_units(ema.names)))))
+
+
 def test_paper_pipeline_starts_new_groups_fresh_and_runs_the_ema_on_every_task(small_config):
     cfg, sources = small_config(GROUPED, "train.max_steps=2", "run.name=llaca-paper", "eval.unseen=false",
                                 files=LLACA)
     run = ContinualRun(cfg, sources)
-    probe = AdapterAtStart()
+    probe, units = AdapterAtStart(), UnitProbe()
     run.prepare = wrap_prepare(run, probe)
+    run.prepare = wrap_prepare(run, units, key="units")
     run_dir = run.run()
+    # one beta per module layer: A and B of a LoRA layer (and a projector linear's weight and bias) share a unit
+    assert units.seen and all(count == layers < tensors for count, tensors, layers in units.seen)
     first = load_file(run_dir / "stages" / "00_colour_mc" / "adapters" / "default" / "adapter_model.safetensors")
     started = {k.replace("model.base_model", "base_model"): v for k, v in probe.weights["group1"].items()}
     lora_b = [k for k in first if "lora_B" in k]

@@ -87,12 +87,12 @@ def test_crash_then_resume_equals_uninterrupted(small_config, tmp_path):
     assert (resumed / "report.md").is_file() and (resumed / "matrix.png").is_file()
 
 
-def wrap_prepare(run: ContinualRun, extra: ContinualCallback):
+def wrap_prepare(run: ContinualRun, extra: ContinualCallback, key: str = "crash"):
     original = run.prepare
 
     def prepare():
         original()
-        run.callbacks["crash"] = extra
+        run.callbacks[key] = extra
 
     return prepare
 
