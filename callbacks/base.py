@@ -9,6 +9,8 @@ Hook contract (called by `cvit.loop.ContinualRun` on every callback, in YAML ord
   training_loss(module, batch, outputs) -> dict[str, Tensor]   extra loss terms added in the
       training step (EWC, LwF, KL recall, ...); keys are logged as `loss/<key>`.
 Step-level work uses Lightning's own hooks (e.g. `on_train_batch_end` for a per-step EMA).
+A method with its own LoRA layer type returns it from `adapter_layer()` (asked once, before the model loads,
+after `check_model`); the pool builds every adapter with it (owning "adapter_layer" keeps it to one callback).
 Inference-time routing is installed on the module (`module.set_router(...)`), which owns it.
 State: `state_dict()` / `load_state_dict()` are saved after every task and restored on resume;
 `owns` names shared things the callback takes charge of, so the validator can reject two owners;
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 
     from cvit.data.datamodule import ContinualDataModule
     from cvit.data.stream import Task
+    from cvit.model.pool import AdapterLayer
     from cvit.module import ContinualModule
 
 
@@ -42,6 +45,10 @@ class ContinualCallback(L.Callback):
     def check_model(self, model_config: Any) -> None:
         """Called before the model loads with its Hugging Face config: raise ConfigError on arguments that
         cannot fit it (e.g. a layer index past the last layer)."""
+
+    def adapter_layer(self) -> AdapterLayer | None:
+        """A custom LoRA layer type for every adapter of the pool (cvit.model.pool.AdapterLayer), or None."""
+        return None
 
     def provides(self) -> tuple[str, ...]:
         """Capabilities this callback offers to the callbacks after it (through the module it sets up)."""

@@ -119,7 +119,8 @@ class ContinualRun:
         from cvit.module import ContinualModule
 
         L.seed_everything(self.cfg.train.seed, verbose=False)  # the adapters' initial weights
-        self.module = ContinualModule(self.cfg.model, self.cfg.train)
+        layers = [layer for cb in self.callbacks.values() if (layer := cb.adapter_layer()) is not None]
+        self.module = ContinualModule(self.cfg.model, self.cfg.train, layers[0] if layers else None)
         model = self.cfg.model
         self.datamodule.attach_collator(
             Collator(self.module.processor, model.family, model.max_length, model.chat_format)

@@ -25,7 +25,7 @@ from cvit.callbacks.base import ContinualCallback
 from cvit.data.collate import IGNORE_INDEX
 from cvit.model.batching import select_rows
 from cvit.model.build import FAMILIES, load_mllm
-from cvit.model.pool import AdapterPool
+from cvit.model.pool import AdapterLayer, AdapterPool
 from cvit.model.routing import Router
 
 MODEL_INPUTS = (
@@ -52,7 +52,8 @@ def answer_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tenso
 
 
 class ContinualModule(L.LightningModule):
-    def __init__(self, model_cfg: Any, train_cfg: Any) -> None:
+    def __init__(self, model_cfg: Any, train_cfg: Any, layer: AdapterLayer | None = None) -> None:
+        """`layer`: a custom LoRA layer type for the pool's adapters (a method's, e.g. SMoLoRA's); None: peft's."""
         super().__init__()
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         base, self.processor = load_mllm(
@@ -63,7 +64,7 @@ class ContinualModule(L.LightningModule):
         self.pool = AdapterPool(
             base,
             LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules),
-            projector=FAMILIES[model_cfg.family].projector if lora.train_projector else None,
+            projector=FAMILIES[model_cfg.family].projector if lora.train_projector else None, layer=layer,
         )
         self.model = self.pool.peft  # registered as a submodule: parameters, devices, precision
         self.extras = self.pool.extras  # methods' own modules (keys, projectors), registered the same way

@@ -21,6 +21,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
@@ -38,19 +39,38 @@ def find_module(model: torch.nn.Module, name: str) -> str:
     raise ValueError(f"the model has no module named {name!r}")
 
 
+class AdapterLayer(Protocol):
+    """A custom peft LoRA layer type for every adapter of a pool (e.g. `cvit.model.smolora.SMoLoRAType`)."""
+
+    def configure(self, lora: LoraConfig) -> LoraConfig:
+        """The config new adapters are created with (the layer type registered)."""
+
+    def register(self, lora: LoraConfig) -> LoraConfig:
+        """A config read back from a saved adapter, with the layer type registered."""
+
+    def save(self, folder: Path) -> None:
+        """Write what `register` needs into a saved adapter's folder."""
+
+
 class AdapterPool:
-    def __init__(self, model: torch.nn.Module, lora: LoraConfig, projector: str | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, lora: LoraConfig, projector: str | None = None,
+                 layer: AdapterLayer | None = None) -> None:
         """`projector`: the name (last component) of the base model's multimodal projector to train beside the
-        adapters, or None to keep it frozen."""
-        self.lora = lora
+        adapters, or None to keep it frozen. `layer`: a custom LoRA layer type for every adapter (None: peft's own);
+        a custom layer may sit on the trained projector's linears (SMoLoRA's experts do)."""
+        self.layer = layer
+        self.lora = lora if layer is None else layer.configure(lora)
         prefix = f"{find_module(model, projector)}." if projector else None
-        self.peft: PeftModel = get_peft_model(model, lora, adapter_name=DEFAULT_ADAPTER)
+        self.peft: PeftModel = get_peft_model(model, self.lora, adapter_name=DEFAULT_ADAPTER)
         # found once: peft leaves the projector's modules in place (device moves keep the Parameter objects)
-        self.projector = {n: p for n, p in self.peft.get_base_model().named_parameters()
-                          if prefix is not None and n.startswith(prefix)}
-        if any(".lora_" in name for name in self.projector):
+        projector_params = {n: p for n, p in self.peft.get_base_model().named_parameters()
+                            if prefix is not None and n.startswith(prefix)}
+        if layer is None and any(".lora_" in name for name in projector_params):
             raise ValueError("the LoRA target_modules reach the multimodal projector, which is trained whole "
                              "(model.lora.train_projector); narrow model.lora.target_modules or freeze the projector")
+        # the projector's own weights, keyed as in the base model (an adapter layer wraps them as base_layer)
+        self.projector = {n.replace(".base_layer.", "."): p for n, p in projector_params.items() if ".lora_" not in n}
+        self.frozen_parts: list[str] = []  # adapter sub-modules kept frozen in trainable adapters (freeze_parts)
         self.trainable: list[str] = [DEFAULT_ADAPTER]
         self.active: list[str] = [DEFAULT_ADAPTER]
         self.extras = torch.nn.ModuleDict()
@@ -141,12 +161,22 @@ class AdapterPool:
             self.set_active(previous)
 
     def set_trainable(self, names: list[str]) -> None:
-        """Exactly these adapters receive gradients; every other adapter is frozen."""
+        """Exactly these adapters receive gradients (less their `frozen_parts`); every other adapter is frozen."""
         for name in self.names:
             self.peft.set_requires_grad(name, requires_grad=name in names)
+        if self.frozen_parts:
+            for name, param in self.peft.named_parameters():
+                if any(f".{part}." in name for part in self.frozen_parts):
+                    param.requires_grad_(False)
         for param in self.projector_parameters().values():  # peft freezes every non-adapter weight it meets
             param.requires_grad_(True)
         self.trainable = list(names)
+
+    def freeze_parts(self, parts: list[str]) -> None:
+        """Keep the adapter sub-modules named `parts` (e.g. SMoLoRA's "lora_vu_gate") frozen from now on, in every
+        adapter, whatever `set_trainable` later makes trainable."""
+        self.frozen_parts = sorted(set(self.frozen_parts) | set(parts))
+        self.set_trainable(self.trainable)
 
     def save(self, out_dir: Path) -> None:
         """Each adapter in `out_dir/<name>/` (adapter_config.json + adapter_model.safetensors)."""
@@ -156,7 +186,10 @@ class AdapterPool:
             # peft writes the "default" adapter at the folder's root and any other under <name>/
             os.replace(staging if name == DEFAULT_ADAPTER else staging / name, out_dir / name)
             shutil.rmtree(staging, ignore_errors=True)
-        (out_dir / "pool.json").write_text(json.dumps({"active": self.active, "trainable": self.trainable}))
+            if self.layer is not None:
+                self.layer.save(out_dir / name)
+        (out_dir / "pool.json").write_text(json.dumps(
+            {"active": self.active, "trainable": self.trainable, "frozen_parts": self.frozen_parts}))
         if len(self.extras):
             save_file({k: v.detach().cpu().contiguous() for k, v in self.extras.state_dict().items()},
                       out_dir / "extras.safetensors")
@@ -173,6 +206,8 @@ class AdapterPool:
             self.restore_extra(name, module)
         for sub in sorted(p for p in in_dir.iterdir() if p.is_dir()):
             config = LoraConfig.from_pretrained(sub)  # its own: a fused adapter may have another rank
+            if self.layer is not None:
+                config = self.layer.register(config)
             if sub.name in self.peft.peft_config and self.peft.peft_config[sub.name].r != config.r:
                 self.peft.delete_adapter(sub.name)
             if sub.name not in self.peft.peft_config:
@@ -181,6 +216,7 @@ class AdapterPool:
             set_peft_model_state_dict(self.peft, weights, adapter_name=sub.name)
         if self.projector:
             self.load_projector(in_dir / PROJECTOR_FILE)
+        self.frozen_parts = meta.get("frozen_parts", [])
         self.set_active(meta["active"])
         self.set_trainable(meta["trainable"])
 
