@@ -9,5 +9,6 @@ from cvit.callbacks import (  # noqa: F401
     instruction_grouping,
     progressive_pool,
     replay,
+    smolora,
     task_recall,
 )

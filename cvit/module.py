@@ -127,9 +127,9 @@ class ContinualModule(L.LightningModule):
         return loss
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """AdamW groups: the trained projector at `model.lora.projector_lr` (default `train.lr`), every other
-        trainable parameter (adapters, methods' extras) at `train.lr`."""
-        projector = {id(p) for p in self.pool.projector_parameters().values()}
+        """AdamW groups: the trained projector at `model.lora.projector_lr` (default `train.lr`), adapter parts on
+        its linears included (SMoLoRA's), every other trainable parameter (adapters, methods' extras) at `train.lr`."""
+        projector = {id(p) for p in self.pool.projector_side()}
         trainable = [p for p in self.parameters() if p.requires_grad]
         groups = [{"params": [p for p in trainable if id(p) not in projector], "lr": self.train_cfg.lr}]
         if projector:

@@ -82,7 +82,11 @@ def layer_features(module, batches: list[dict]) -> list[torch.Tensor]:
     device = next(module.parameters()).device
     for batch in batches:
         inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
-        outputs = module.model(**inputs, output_hidden_states=True)
+        groups = module.router.route(batch)  # the routing a method's own layer type needs (SMoLoRA's)
+        if len(groups) != 1:
+            raise ValueError("CKA runs each batch whole: the installed router splits it into row groups")
+        with groups[0][1]:
+            outputs = module.model(**inputs, output_hidden_states=True)
         mask = inputs["attention_mask"].unsqueeze(-1).float()
         for layer, hidden in enumerate(outputs.hidden_states[1:]):
             pooled = (hidden.float() * mask).sum(1) / mask.sum(1)
@@ -116,6 +120,9 @@ def analyze_run(run_dir: Path, samples: int = 16) -> Path:
     for index, stage in enumerate(run.stages[: doc["completed"]]):
         adapters = run.run_dir.stage_dir(index, stage.name) / "adapters"
         module.pool.load(adapters)
+        for callback in run.callbacks.values():
+            if callback.adapter_layer() is not None:  # its layers route their forwards (SMoLoRA)
+                callback.on_task_start(None, module, datamodule, stage.task)
         trained = json.loads((adapters / "pool.json").read_text())["trainable"]
         with module.pool.activated(trained):
             features.append(layer_features(module, batches))

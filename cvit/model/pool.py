@@ -45,8 +45,8 @@ class AdapterLayer(Protocol):
     def configure(self, lora: LoraConfig) -> LoraConfig:
         """The config new adapters are created with (the layer type registered)."""
 
-    def register(self, lora: LoraConfig) -> LoraConfig:
-        """A config read back from a saved adapter, with the layer type registered."""
+    def register(self, lora: LoraConfig, folder: Path) -> LoraConfig:
+        """A config read back from the saved adapter `folder`, with the layer type (as saved there) registered."""
 
     def save(self, folder: Path) -> None:
         """Write what `register` needs into a saved adapter's folder."""
@@ -70,6 +70,7 @@ class AdapterPool:
                              "(model.lora.train_projector); narrow model.lora.target_modules or freeze the projector")
         # the projector's own weights, keyed as in the base model (an adapter layer wraps them as base_layer)
         self.projector = {n.replace(".base_layer.", "."): p for n, p in projector_params.items() if ".lora_" not in n}
+        self.projector_prefix = prefix
         self.frozen_parts: list[str] = []  # adapter sub-modules kept frozen in trainable adapters (freeze_parts)
         self.trainable: list[str] = [DEFAULT_ADAPTER]
         self.active: list[str] = [DEFAULT_ADAPTER]
@@ -80,6 +81,13 @@ class AdapterPool:
     def projector_parameters(self) -> dict[str, torch.nn.Parameter]:
         """The trained projector's parameters by their name in the base model (empty when it is frozen)."""
         return self.projector
+
+    def projector_side(self) -> list[torch.nn.Parameter]:
+        """Every parameter inside the trained projector: its own weights and any adapter parts on its linears (the
+        LLaVA trainer's `mm_projector_lr` group, which SMoLoRA's released scripts use, takes them by that name)."""
+        if self.projector_prefix is None:
+            return []
+        return [p for n, p in self.peft.get_base_model().named_parameters() if n.startswith(self.projector_prefix)]
 
     def add_extra(self, name: str, module: torch.nn.Module) -> torch.nn.Module:
         """Register a method's module under `name` on the model's device; weights a saved stage holds for it
@@ -207,7 +215,7 @@ class AdapterPool:
         for sub in sorted(p for p in in_dir.iterdir() if p.is_dir()):
             config = LoraConfig.from_pretrained(sub)  # its own: a fused adapter may have another rank
             if self.layer is not None:
-                config = self.layer.register(config)
+                config = self.layer.register(config, sub)
             if sub.name in self.peft.peft_config and self.peft.peft_config[sub.name].r != config.r:
                 self.peft.delete_adapter(sub.name)
             if sub.name not in self.peft.peft_config:
