@@ -6,7 +6,7 @@ WORK     ?= work
 CONFIG   ?= configs/experiment/demo.yaml
 ARGS     ?=
 
-.PHONY: install demo test lint bench params run clean ladder-llaca ladder-proglora ladder-hide
+.PHONY: install demo test lint bench params run clean ladder-llaca ladder-proglora ladder-hide ladder-smolora
 
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
@@ -46,6 +46,14 @@ ladder-proglora: install
 ladder-hide: install
 	$(CVIT) demo --work $(WORK) --methods seqlora hide hide_average hide_merge_all hide_merge_all_but_top \
 		hide_expand_all hide_expand_all_but_top
+
+# SMoLoRA's routings and branch ablations beside SeqLoRA, with single- and with multi-type instruction templates.
+# Scaled to the tiny model as the paper's ratio: SMoLoRA's total rank (8 experts of rank 1) is the SeqLoRA rank (8)
+SMOLORA_TINY = --set callbacks.smolora.r=8 callbacks.smolora.alpha=16
+SMOLORA_LADDER = seqlora smolora smolora_released smolora_vu_only smolora_if_only
+ladder-smolora: install
+	$(CVIT) demo --work $(WORK) --methods $(SMOLORA_LADDER) $(SMOLORA_TINY)
+	$(CVIT) demo --work $(WORK) --templates multi --methods $(SMOLORA_LADDER) $(SMOLORA_TINY)
 
 run: install
 	$(CVIT) fit -c $(CONFIG) $(ARGS)

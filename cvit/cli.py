@@ -138,7 +138,7 @@ def cmd_analyze_cka(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from cvit.demo import METHODS, run_demo
 
-    run_demo(Path(args.work), Path(args.configs), tuple(args.methods or METHODS))
+    run_demo(Path(args.work), Path(args.configs), tuple(args.methods or METHODS), args.templates, tuple(args.set))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="methods on the synthetic stream, side by side (zero-shot, SeqLoRA, joint)")
     demo.add_argument("--methods", nargs="+", metavar="METHOD",
                       help="names of configs/method/*.yaml to run and compare (default: zeroshot seqlora joint)")
+    demo.add_argument("--templates", default="single", choices=("single", "multi"),
+                      help="instruction-template variant of every task (multi: runs named demo-<method>-multi)")
+    demo.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                      help="overrides, each applied to the methods whose config has the key's parent")
     demo.add_argument("--work", default="work", help="folder for the model, data and runs")
     demo.add_argument("--configs", default="configs", help="the configs folder")
     demo.set_defaults(func=cmd_demo)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from cvit.config import load_config
 from cvit.errors import ConfigError
 from cvit.eval.metrics import run_metrics
@@ -33,11 +35,19 @@ def prepare_world(work: Path) -> tuple[Path, Path]:
     return data, base
 
 
-def run_method(method: str, work: Path, configs: Path, data: Path, model: Path) -> Path:
+def run_method(method: str, work: Path, configs: Path, data: Path, model: Path, templates: str = "single",
+               settings: tuple[str, ...] = ()) -> Path:
+    """Run `method` on the synthetic stream with the `templates` variant (single: work/runs/demo-<method>; multi:
+    .../demo-<method>-multi). Each `key=value` of `settings` applies where the method's config has the key's
+    parent (e.g. `callbacks.smolora.r=8` to the SMoLoRA methods only)."""
     files = [configs / "model" / "tiny_llava.yaml", configs / "benchmark" / "synthetic.yaml",
              configs / "method" / f"{method}.yaml"]
+    suffix = "" if templates == "single" else f"-{templates}"
     overrides = [f"benchmark.root={data}", f"model.path={model}", f"run.root={work / 'runs'}",
-                 f"run.name=demo-{method}"]
+                 f"run.name=demo-{method}{suffix}", f"benchmark.templates={templates}"]
+    cfg, _ = load_config(files, overrides)
+    overrides += [item for item in settings
+                  if OmegaConf.select(cfg, item.split("=", 1)[0].rsplit(".", 1)[0]) is not None]
     cfg, sources = load_config(files, overrides)
     run = ContinualRun(cfg, sources)
     return run.run(resume=run.run_dir.exists)  # a finished run returns at once, a stopped one continues
@@ -52,9 +62,11 @@ def parameters_table(docs: dict[str, dict]) -> str:
     return markdown_table(["method", "trainable", "stored", "inference"], rows)
 
 
-def run_demo(work: Path, configs: Path, methods: tuple[str, ...] = METHODS) -> None:
-    """Run each of `methods` (names of configs/method/*.yaml) on the embedded default, each in
-    `work/runs/demo-<method>` (a finished run is reused, a stopped one continues), then compare."""
+def run_demo(work: Path, configs: Path, methods: tuple[str, ...] = METHODS, templates: str = "single",
+             settings: tuple[str, ...] = ()) -> None:
+    """Run each of `methods` (names of configs/method/*.yaml) on the embedded default with the `templates` variant
+    of every task's instructions, each in its own run directory (see `run_method`; a finished run is reused, a
+    stopped one continues; `settings` as in `run_method`), then compare."""
     missing = [m for m in methods if not (configs / "method" / f"{m}.yaml").is_file()]
     if missing:
         raise ConfigError(f"no method config {', '.join(missing)} in {configs / 'method'}")
@@ -62,10 +74,11 @@ def run_demo(work: Path, configs: Path, methods: tuple[str, ...] = METHODS) -> N
     data, model = prepare_world(work)
     docs, reports = {}, {}
     for method in methods:
-        run_dir = run_method(method, work, configs, data, model)
+        run_dir = run_method(method, work, configs, data, model, templates, settings)
         docs[method] = RunDirectory(run_dir).load_matrix()
         reports[method] = run_dir / "report.md"
-    print("\nContinual metrics on the synthetic stream, all tasks (caption: CIDEr x100):")
+    print(f"\nContinual metrics on the synthetic stream ({templates}-type instructions), all tasks "
+          "(caption: CIDEr x100):")
     print(metrics_table({method: run_metrics(doc) for method, doc in docs.items()}))
     print("\nThe same without the caption task (every score 0-100):")
     print(metrics_table({method: run_metrics(doc, ("caption",)) for method, doc in docs.items()}))

@@ -1,20 +1,23 @@
-"""Adapter parameter counts of ProgLoRA and HiDe-LLaVA at LLaVA-1.5-7B shapes, next to the papers' figures.
+"""Adapter parameter counts of ProgLoRA, HiDe-LLaVA and SMoLoRA at LLaVA-1.5-7B shapes, next to the papers' figures.
 
 The model is built on the meta device from the published llava-hf/llava-1.5-7b-hf configuration (no weights),
 LoRA is attached with peft exactly as the kit does (the language model's seven linears per layer), and the
 pool's growth is counted: ProgLoRA (rank 16) adds one block per task (dynamic: plus a key, and its
 projector once); HiDe-LLaVA (rank 8) keeps one LoRA per task and loads, per layout, the fused LoRA and/or
-the experts (the multimodal projector, trained in the papers, is listed apart).
+the experts (the multimodal projector, trained in the papers, is listed apart). SMoLoRA (8 experts of rank 16
+on the MLP linears and the projector's two linears) is built with the kit's own layer type and counted by part.
 """
 
 from __future__ import annotations
 
 import torch
+from cvit.callbacks.smolora import DEFAULT_TARGETS
 from peft import LoraConfig, get_peft_model
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 from cvit.methods.allocation import DynamicAllocator
 from cvit.model.mixing import decoder_layer_index, lora_layers
+from cvit.model.smolora import FUSION_HEADS, GATES, SMoLoRAOptions, SMoLoRAType
 from cvit.schema import LANGUAGE_MODEL_LINEARS
 
 LLAVA_15_7B = LlavaConfig(  # llava-hf/llava-1.5-7b-hf config.json
@@ -73,6 +76,25 @@ def hide(tasks: int = 6) -> None:
         print(f"{name:>18} | {count / M:>10.2f}M | {(count + mm) / M:>10.2f}M | {paper[name]:>6.2f}M")
 
 
+def smolora() -> None:
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(LLAVA_15_7B)
+        layer = SMoLoRAType(SMoLoRAOptions(8), r=128, alpha=256, target_modules=DEFAULT_TARGETS["llava"])
+        peft = get_peft_model(model, layer.configure(LoraConfig()))
+    parts = {"experts (A, B)": ("lora_A", "lora_B"), "gates": GATES, "fusion heads": FUSION_HEADS}
+    counts = {part: sum(p.numel() for n, p in peft.named_parameters() if any(f".{m}." in n for m in names))
+              for part, names in parts.items()}
+    in_projector = sum(p.numel() for n, p in peft.named_parameters() if "lora_" in n and "multi_modal_projector" in n)
+    total = sum(counts.values())
+    print("\nSMoLoRA at LLaVA-1.5-7B shapes: 8 experts of rank 16 on gate/up/down_proj and the projector's two "
+          "linears (the paper's count is not in the kit's folder)")
+    for part, count in counts.items():
+        print(f"{part:>16} | {count / M:>8.2f}M")
+    print(f"{'total':>16} | {total / M:>8.2f}M (of which on the projector {in_projector / M:.2f}M; trained on every "
+          f"task but the gates, one adapter for the whole stream; at inference 2 of the 8 experts run per layer)")
+
+
 if __name__ == "__main__":
     proglora()
     hide()
+    smolora()

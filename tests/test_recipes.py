@@ -33,8 +33,12 @@ HIDE = {"hide": {"name": "hide", "layout": "hide", "top_layers": [-1], "fusion":
                  "temperature": 0.1, "alpha": 0.5, "beta": 0.5, "image_encoder": "clip", "text_encoder": "clip"}}
 RECALL = {"name": "task_recall", "counts": "similarity", "phi": 200, "loss_weight": 2.0}
 
+CVIT = ["scienceqa", "textvqa", "flickr30k", "imagenet", "gqa", "vqav2"]
+SMOLORA = {"smolora": {"name": "smolora", "routing": "paper", "experts": 8, "r": 128, "alpha": 256,
+                       "branches": ["vu", "if"]}}
 # What each paper states (or its released scripts, as the recipe's header says): method, LoRA rank / alpha, order,
-# templates, global batch, BWT denominator and the method's hyper-parameters (a subset of each callback's arguments).
+# templates, global batch, BWT denominator and the method's hyper-parameters (a subset of each callback's arguments);
+# learning rate and weight decay where they are not 2e-4 and 0 (SMoLoRA's scripts).
 PAPER = {
     "llaca_coin_table1.yaml": ("llaca", 128, 256, COIN_ORIGIN, "origin", 128, "T-1", LLACA),
     "llaca_coin_13b_table2.yaml": ("llaca", 128, 256, COIN_ORIGIN, "origin", 128, "T-1", LLACA),
@@ -48,7 +52,10 @@ PAPER = {
          "recall": {**RECALL, "mode": "replay"}}),
     "hide_ucit_table1.yaml": ("hide", 8, 16, UCIT_RAVICF, "origin", 96, "T-1", HIDE),
     "hide_coin_table2.yaml": ("hide", 8, 16, COIN_ORIGIN, "origin", 48, "T-1", HIDE),
+    "smolora_cvit_single_table2.yaml": ("smolora", 128, 256, CVIT, "single", 64, "T-1", SMOLORA, 1e-4, 0.01),
+    "smolora_cvit_multi_table2.yaml": ("smolora", 128, 256, CVIT, "multi", 64, "T-1", SMOLORA, 1e-4, 0.01),
 }
+ORDER_NAMES = {tuple(COIN_ORIGIN): "origin", tuple(UCIT_RAVICF): "RAVICF", tuple(CVIT): "default"}
 
 PATH_KEYS = ("model.path", "data.root")  # and every *.clip_path: placeholders of the user's folders
 # a key=value a header suggests: a known section, dotted keys, a value up to a space or closing punctuation
@@ -137,7 +144,8 @@ def test_recipe_launch_command_loads_validates_and_builds(name, tiny_model_dir, 
 
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_recipe_sets_the_papers_settings(name, tiny_model_dir, tmp_path):
-    method, rank, alpha, order, templates, batch, bwt, method_args = PAPER[name]
+    method, rank, alpha, order, templates, batch, bwt, method_args, *optimizer = PAPER[name]
+    lr, weight_decay = optimizer or (2e-4, 0.0)
     path = RECIPES / name
     cfg, _ = load_launch(path, tiny_model_dir, tmp_path)
     model, lora, train = cfg.model, cfg.model.lora, cfg.train
@@ -148,9 +156,9 @@ def test_recipe_sets_the_papers_settings(name, tiny_model_dir, tmp_path):
     assert model.gradient_checkpointing
     assert lora.train_projector and lora.projector_lr == pytest.approx(2e-5)
     assert (lora.r, lora.alpha, lora.dropout) == (rank, alpha, 0.05)
-    assert train.lr == pytest.approx(2e-4) and train.epochs == 1 and train.max_steps == -1
-    assert train.warmup_ratio == pytest.approx(0.03) and train.weight_decay == 0.0
-    assert cfg.benchmark.order == ("RAVICF" if order == UCIT_RAVICF else "origin")  # named orders of the specs
+    assert train.lr == pytest.approx(lr) and train.epochs == 1 and train.max_steps == -1
+    assert train.warmup_ratio == pytest.approx(0.03) and train.weight_decay == pytest.approx(weight_decay)
+    assert cfg.benchmark.order == ORDER_NAMES[tuple(order)]  # named orders of the specs
     assert cfg.benchmark.templates == templates and cfg.benchmark.protocol.bwt_denominator == bwt
     assert cfg.eval.scoring == "official"
     assert cfg.data.max_train_samples is None and cfg.data.max_test_samples is None
@@ -225,7 +233,7 @@ def test_readme_lists_every_recipe_with_a_command_that_loads(tiny_model_dir, tmp
     for row in rows:  # the table's memory and time: stated by the paper, or labelled estimates
         cells = row.split(" | ")
         assert all("paper:" in cell and "estimate" in cell for cell in cells[2:4]), row
-    assert "| SMoLoRA" in section and "pending: SMoLoRA method not in the kit yet" in section
+    assert "| SMoLoRA" in section and "pending" not in section
 
 
 def fake_model(folder: Path, model_type: str) -> Path:
