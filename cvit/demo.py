@@ -35,6 +35,12 @@ def prepare_world(work: Path) -> tuple[Path, Path]:
     return data, base
 
 
+def applicable(cfg, settings: tuple[str, ...]) -> list[str]:
+    """The `key=value` settings whose key's parent exists in `cfg` (e.g. `callbacks.smolora.r=8` where the
+    config has a `callbacks.smolora`)."""
+    return [item for item in settings if OmegaConf.select(cfg, item.split("=", 1)[0].rsplit(".", 1)[0]) is not None]
+
+
 def run_method(method: str, work: Path, configs: Path, data: Path, model: Path, templates: str = "single",
                settings: tuple[str, ...] = ()) -> Path:
     """Run `method` on the synthetic stream with the `templates` variant (single: work/runs/demo-<method>; multi:
@@ -46,9 +52,7 @@ def run_method(method: str, work: Path, configs: Path, data: Path, model: Path, 
     overrides = [f"benchmark.root={data}", f"model.path={model}", f"run.root={work / 'runs'}",
                  f"run.name=demo-{method}{suffix}", f"benchmark.templates={templates}"]
     cfg, _ = load_config(files, overrides)
-    overrides += [item for item in settings
-                  if OmegaConf.select(cfg, item.split("=", 1)[0].rsplit(".", 1)[0]) is not None]
-    cfg, sources = load_config(files, overrides)
+    cfg, sources = load_config(files, overrides + applicable(cfg, settings))
     run = ContinualRun(cfg, sources)
     return run.run(resume=run.run_dir.exists)  # a finished run returns at once, a stopped one continues
 

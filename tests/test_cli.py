@@ -72,3 +72,13 @@ def test_fit_resume_and_report_commands(synthetic_root, tiny_model_dir, tmp_path
     (run_dir / "report.md").unlink()
     assert main(["report", str(run_dir)]) == 0
     assert (run_dir / "report.md").read_text().startswith("# seqlora on synthetic")
+
+
+def test_demo_settings_apply_only_where_the_method_has_the_key(small_config):
+    from cvit.demo import applicable
+
+    settings = ("callbacks.smolora.r=8", "train.lr=0.1", "callbacks.hide.epsilon=0.5")
+    seqlora, _ = small_config()
+    smolora, _ = small_config(files=[CONFIGS / "method" / "smolora.yaml"])
+    assert applicable(seqlora, settings) == ["train.lr=0.1"]
+    assert applicable(smolora, settings) == ["callbacks.smolora.r=8", "train.lr=0.1"]
