@@ -5,6 +5,7 @@ Importing this package registers every built-in callback under its YAML name.
 
 from cvit.callbacks import (  # noqa: F401
     dynamic_ema,
+    ewc,
     hide,
     instruction_grouping,
     progressive_pool,

@@ -217,6 +217,17 @@ def test_mid_task_crash_resumes_from_the_inflight_checkpoint(small_config):
     assert expected and all(torch.equal(expected[k], got[k]) for k in expected)
 
 
+def refused_before_loading(small_config, files, override: str, message: str) -> None:
+    """A run with `override` fails in `prepare` with a ConfigError matching `message`, no model loaded."""
+    from cvit.errors import ConfigError
+
+    cfg, sources = small_config(override, files=files)
+    run = ContinualRun(cfg, sources)
+    with pytest.raises(ConfigError, match=message):
+        run.prepare()
+    assert run.module is None
+
+
 def straight_and_resumed(small_config, overrides: tuple[str, ...], files, crash_at: str):
     """(uninterrupted run, run crashed at the start of task `crash_at` then resumed), both finished, with the
     same config; asserts their accuracy matrices are equal."""

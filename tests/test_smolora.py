@@ -29,7 +29,7 @@ from cvit.model.smolora import (
 )
 from cvit.module import answer_loss, model_inputs
 from tests.conftest import CONFIGS
-from tests.test_loop import straight_and_resumed
+from tests.test_loop import refused_before_loading, straight_and_resumed
 
 PAPER = [CONFIGS / "method" / "smolora.yaml"]
 RELEASED = [CONFIGS / "method" / "smolora_released.yaml"]
@@ -371,11 +371,7 @@ def test_smolora_resumes_to_the_same_matrix(small_config):
     ("callbacks.smolora.r=12", "does not divide into 8 experts"),
 ])
 def test_bad_smolora_settings_fail_before_the_model_loads(small_config, override, message):
-    cfg, sources = small_config(override, files=PAPER)
-    run = ContinualRun(cfg, sources)
-    with pytest.raises(ConfigError, match=message):
-        run.prepare()
-    assert run.module is None
+    refused_before_loading(small_config, PAPER, override, message)
 
 
 def test_missing_sentence_model_is_one_clear_error(small_config, monkeypatch):
