@@ -8,6 +8,7 @@ from cvit.callbacks import (  # noqa: F401
     ewc,
     hide,
     instruction_grouping,
+    lwf,
     progressive_pool,
     replay,
     smolora,
