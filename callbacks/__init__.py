@@ -9,6 +9,7 @@ from cvit.callbacks import (  # noqa: F401
     hide,
     instruction_grouping,
     lwf,
+    moelora,
     olora,
     progressive_pool,
     replay,

@@ -22,24 +22,30 @@ def test_language_model_is_4bit_and_vision_projector_are_not(qlora):
     assert not any("vision_tower" in n or "multi_modal_projector" in n or "lm_head" in n for n in names)
 
 
-def test_lora_gradients_survive_a_validation_pass(qlora):
-    run, module = qlora
+def lora_after_validation_and_backward(run, module, task_name: str = "count_vqa") -> list:
+    """(name, parameter) of every trainable LoRA part after a generation pass, a no-grad forward and one training
+    forward and backward (inside the module's router), each asserted to have a gradient."""
     dm = run.datamodule
-    task = dm.tasks["count_vqa"]
+    task = dm.tasks[task_name]
     module.eval()
     module.generate(next(iter(dm.test_dataloader(task))), 3)  # eval-mode, no-grad forward passes
-    with torch.no_grad():
-        dm.set_stage([task])
-        module.model(**model_inputs(next(iter(dm.train_dataloader()))))
-    module.train()
     dm.set_stage([task])
     batch = next(iter(dm.train_dataloader()))
-    out = module.model(**model_inputs(batch))
-    answer_loss(out.logits, batch["labels"], batch["loss_weight"]).backward()
+    with torch.no_grad(), module.router.training(batch):
+        module.model(**model_inputs(batch))
+    module.train()
+    with module.router.training(batch):
+        out = module.model(**model_inputs(batch))
+        answer_loss(out.logits, batch["labels"], batch["loss_weight"]).backward()
     lora = [(n, p) for n, p in module.named_parameters() if "lora_" in n and p.requires_grad]
     assert lora
     missing = [n for n, p in lora if p.grad is None]
     assert not missing, missing[:3]
+    return lora
+
+
+def test_lora_gradients_survive_a_validation_pass(qlora):
+    lora = lora_after_validation_and_backward(*qlora)
     # lora_B starts at zero, so only its gradients are non-zero at the first step
     dead = [n for n, p in lora if "lora_B" in n and not torch.any(p.grad != 0)]
     assert not dead, dead[:3]

@@ -34,21 +34,18 @@ Linear: it is only called. Merging is refused: the update depends on the input.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
-from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
+
+from cvit.model.layer_types import InputDependentLinear, LinearLayerType
 
 BRANCHES = ("vu", "if")
 ROUTINGS = ("paper", "released")
@@ -162,7 +159,7 @@ def top1(logits: torch.Tensor, straight_through: bool) -> torch.Tensor:
     return hard + hard * (probs - probs.detach())  # p - p.detach() is exactly 0: the value stays one-hot
 
 
-class SMoLoRALinear(LoraLinear):
+class SMoLoRALinear(InputDependentLinear):
     """peft's LoRA Linear with SMoLoRA's routed experts (module docstring); built by peft's custom-module dispatch."""
 
     adapter_layer_names = LoraLayer.adapter_layer_names + GATES + FUSION_HEADS
@@ -195,23 +192,6 @@ class SMoLoRALinear(LoraLinear):
             self.lora_if_fuse[adapter_name] = nn.Linear(self.out_features, 1, bias=False)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
-
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        raise NotImplementedError("SMoLoRA's update depends on the input (routing, fusion): it cannot be merged")
-
-    def get_delta_weight(self, adapter: str) -> torch.Tensor:
-        raise NotImplementedError("SMoLoRA has no input-independent delta weight")
-
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if kwargs.get("adapter_names") is not None:
-            raise NotImplementedError("SMoLoRA layers do not take per-row adapter_names")
-        result = self.base_layer(x, *args, **kwargs)
-        if self.disable_adapters:
-            return result
-        for adapter in self.active_adapters:
-            if adapter in self.lora_A:
-                result = result + self.mixture(adapter, x).to(result.dtype)
-        return result
 
     def context(self) -> RoutingContext:
         ctx = self.routing_context
@@ -303,47 +283,18 @@ class SMoLoRALinear(LoraLinear):
         ctx.recorder(self.layer_name, row_alpha, choice.get("vu"), choice.get("if"))
 
 
-class SMoLoRAType:
-    """The pool's custom layer type (`cvit.model.pool.AdapterPool(layer=...)`): builds the adapters' LoraConfig
-    and writes and reads `smolora.json` beside each saved adapter."""
+class SMoLoRAType(LinearLayerType):
+    """The pool's layer type for SMoLoRA (`cvit.model.pool.AdapterPool(layer=...)`); options in `smolora.json`."""
 
+    layer_class = SMoLoRALinear
+    options_class = SMoLoRAOptions
     file = OPTIONS_FILE
 
-    def __init__(self, options: SMoLoRAOptions, r: int, alpha: int, target_modules: str) -> None:
-        """`r`, `alpha`: the full two-branch layer's total rank and LoRA alpha (scaling alpha / r)."""
-        if r % options.experts:
-            raise ValueError(f"rank r={r} does not divide into {options.experts} experts")
-        self.options, self.r, self.alpha, self.target_modules = options, r, alpha, target_modules
-
-    def configure(self, lora: LoraConfig) -> LoraConfig:
-        """The config of new adapters: `lora` (dropout, ...) with SMoLoRA's rank (of the branches built), alpha
-        (keeping the full layer's scaling), targets and layer type."""
-        share = len(self.options.branches) / 2
-        return register_layer(dataclasses.replace(lora, r=int(self.r * share), lora_alpha=self.alpha * share,
-                                                  target_modules=self.target_modules), self.options)
-
-    def register(self, lora: LoraConfig, folder: Path) -> LoraConfig:
-        """`lora`, read from a saved adapter `folder`, with the layer type and the options saved there."""
-        return register_layer(lora, read_options(folder))
-
-    def save(self, folder: Path) -> None:
-        (folder / self.file).write_text(json.dumps(dataclasses.asdict(self.options)))
+    def rank_share(self) -> float:
+        return len(self.options.branches) / 2
 
 
-def load_config(folder: str | Path) -> LoraConfig:
-    """The LoraConfig of an adapter folder saved by the kit, with its SMoLoRA layer type registered."""
-    return register_layer(LoraConfig.from_pretrained(folder), read_options(folder))
-
-
-def read_options(folder: str | Path) -> SMoLoRAOptions:
-    saved = json.loads((Path(folder) / OPTIONS_FILE).read_text())
-    return SMoLoRAOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
-
-
-def register_layer(lora: LoraConfig, options: SMoLoRAOptions) -> LoraConfig:
-    """`lora` with every Linear target (plain, 8-bit or 4-bit) built as a SMoLoRA layer; returns it."""
-    lora._register_custom_module({nn.Linear: partial(SMoLoRALinear, options=options)})
-    return lora
+load_config = SMoLoRAType.load_config
 
 
 def smolora_layers(model: nn.Module) -> dict[str, SMoLoRALinear]:

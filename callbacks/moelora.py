@@ -1,0 +1,44 @@
+"""MoELoRA (baseline, CoIN's): one MoELoRA adapter (cvit.model.moelora) on every targeted linear, trained through the
+whole stream, nothing frozen across tasks; the shared projector trains beside it. CoIN's setting: r 128 over 8
+experts (rank 16 each), alpha 256, all the language model's linears, no balancing loss; MCITlib's UCIT: r 18, 6
+experts. `balance` > 0 adds that weight times the mean over layers of Switch Transformer's load-balancing loss."""
+
+from __future__ import annotations
+
+import torch
+from cvit.callbacks.base import ContinualCallback
+
+from cvit.model.moelora import MoELoRAOptions, MoELoRAType, load_balance, moelora_layers
+from cvit.registry import register_callback
+from cvit.schema import LANGUAGE_MODEL_LINEARS
+
+
+@register_callback("moelora")
+class MoELoRA(ContinualCallback):
+    owns = ("adapter_layer",)
+
+    def __init__(self, experts: int = 8, r: int = 128, alpha: int = 256, target_modules: str = LANGUAGE_MODEL_LINEARS,
+                 balance: float = 0.0) -> None:
+        if balance < 0:
+            raise ValueError(f"balance must be >= 0, got {balance}")
+        self.layer = MoELoRAType(MoELoRAOptions(experts), r, alpha, target_modules)  # checks r % experts
+        self.balance = balance
+
+    def adapter_layer(self) -> MoELoRAType:
+        return self.layer
+
+    def on_task_start(self, trainer, module, datamodule, task) -> None:
+        for layer in moelora_layers(module.model).values():
+            layer.balance_probs = [] if self.balance > 0 else None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        for layer in moelora_layers(pl_module.model).values():  # drop what a checkpoint recomputation appended
+            if layer.balance_probs is not None:
+                layer.balance_probs.clear()
+
+    def training_loss(self, module, batch, outputs) -> dict[str, torch.Tensor]:
+        if self.balance == 0:
+            return {}
+        terms = [load_balance(torch.cat(layer.balance_probs)) for layer in moelora_layers(module.model).values()
+                 if layer.balance_probs]
+        return {"moe_balance": self.balance * torch.stack(terms).mean()} if terms else {}
