@@ -6,7 +6,7 @@ WORK     ?= work
 CONFIG   ?= configs/experiment/demo.yaml
 ARGS     ?=
 
-.PHONY: install demo test lint bench params run clean ladder-llaca ladder-proglora ladder-hide ladder-smolora
+.PHONY: install demo test lint bench params run clean ladder-llaca ladder-proglora ladder-hide ladder-smolora ladder-baselines
 
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
@@ -54,6 +54,11 @@ SMOLORA_LADDER = seqlora smolora smolora_released smolora_vu_only smolora_if_onl
 ladder-smolora: install
 	$(CVIT) demo --work $(WORK) --methods $(SMOLORA_LADDER) $(SMOLORA_TINY)
 	$(CVIT) demo --work $(WORK) --templates multi --methods $(SMOLORA_LADDER) $(SMOLORA_TINY)
+
+# The baselines the papers' tables compare with; MoELoRA scaled to the tiny model (8 experts sharing SeqLoRA's rank 8)
+ladder-baselines: install
+	$(CVIT) demo --work $(WORK) --methods zeroshot seqlora joint replay ewc lwf moelora olora \
+		--set callbacks.moelora.r=8 callbacks.moelora.alpha=16
 
 run: install
 	$(CVIT) fit -c $(CONFIG) $(ARGS)
