@@ -23,22 +23,21 @@ class MoELoRA(ContinualCallback):
             raise ValueError(f"balance must be >= 0, got {balance}")
         self.layer = MoELoRAType(MoELoRAOptions(experts), r, alpha, target_modules)  # checks r % experts
         self.balance = balance
+        self.layers: list = []  # the layers collecting router probabilities (balance > 0)
 
     def adapter_layer(self) -> MoELoRAType:
         return self.layer
 
     def on_task_start(self, trainer, module, datamodule, task) -> None:
-        for layer in moelora_layers(module.model).values():
-            layer.balance_probs = [] if self.balance > 0 else None
+        # found once per task, not walked at every step (peft adds later adapters to the same layer objects)
+        self.layers = list(moelora_layers(module.model).values()) if self.balance > 0 else []
+        for layer in self.layers:
+            layer.balance_probs = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        for layer in moelora_layers(pl_module.model).values():  # drop what a checkpoint recomputation appended
-            if layer.balance_probs is not None:
-                layer.balance_probs.clear()
+        for layer in self.layers:  # drop what a checkpoint recomputation appended
+            layer.balance_probs.clear()
 
     def training_loss(self, module, batch, outputs) -> dict[str, torch.Tensor]:
-        if self.balance == 0:
-            return {}
-        terms = [load_balance(torch.cat(layer.balance_probs)) for layer in moelora_layers(module.model).values()
-                 if layer.balance_probs]
+        terms = [load_balance(torch.cat(layer.balance_probs)) for layer in self.layers if layer.balance_probs]
         return {"moe_balance": self.balance * torch.stack(terms).mean()} if terms else {}

@@ -304,8 +304,10 @@ def test_paper_cached_and_uncached_generation_agree(paper_run):
     for cache in (True, False):
         (rows, context), = module.router.route(batch)
         with context:
-            outputs.append(module.model.generate(**model_inputs(batch), max_new_tokens=6, do_sample=False,
-                                                 use_cache=cache, pad_token_id=module.processor.tokenizer.pad_token_id))
+            outputs.append(module.model.generate(**model_inputs(batch), max_new_tokens=6, min_new_tokens=6,
+                                                 do_sample=False, use_cache=cache,
+                                                 pad_token_id=module.processor.tokenizer.pad_token_id))
+    assert outputs[0].shape[1] == batch["input_ids"].shape[1] + 6  # six decoding steps past the prefill
     assert torch.equal(outputs[0], outputs[1])
 
 
