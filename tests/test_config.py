@@ -18,10 +18,10 @@ def write(tmp_path, name, text):
 
 def test_files_merge_in_order_and_overrides_win(tmp_path):
     a = write(tmp_path, "a.yaml", "train: {lr: 0.1, epochs: 2}\ncallbacks:\n  x: {name: replay}\n")
-    b = write(tmp_path, "b.yaml", "train: {lr: 0.2}\ncallbacks:\n  x: {samples_per_task: 3}\n")
+    b = write(tmp_path, "b.yaml", "train: {lr: 0.2}\ncallbacks:\n  x: {size: 3}\n")
     cfg, sources = load_config([a, b], ["train.epochs=5", "model.path=/m", "benchmark.name=n", "benchmark.root=r"])
     assert cfg.train.lr == 0.2 and cfg.train.epochs == 5
-    assert dict(cfg.callbacks.x) == {"name": "replay", "samples_per_task": 3}
+    assert dict(cfg.callbacks.x) == {"name": "replay", "size": 3}
     assert sources.of("train.lr") == str(b) and sources.of("train.epochs") == "the command line"
 
 
@@ -121,7 +121,7 @@ def test_callback_argument_types_are_checked(small_config, tmp_path):
     cfg, sources = small_config(files=[bad])
     with pytest.raises(ConfigError, match=r"m\.yaml: key 'callbacks.r.loss_weight': expected float, got 'high'"):
         ContinualRun(cfg, sources).prepare()
-    ok = write(tmp_path, "ok.yaml", "callbacks:\n  r: {name: replay, loss_weight: 2, samples_per_task: 3}\n")
+    ok = write(tmp_path, "ok.yaml", "callbacks:\n  r: {name: replay, loss_weight: 2, size: 3}\n")
     cfg, sources = small_config(files=[ok])
     ContinualRun(cfg, sources).prepare()
 

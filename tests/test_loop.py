@@ -49,7 +49,7 @@ class Recorder(ContinualCallback):
 
 
 def test_crash_then_resume_equals_uninterrupted(small_config, tmp_path):
-    replay = ("callbacks.replay.samples_per_task=5",)
+    replay = ("callbacks.replay.size=5",)
     files = [CONFIGS / "method" / "replay.yaml"]  # a callback with state, restored on resume
     cfg, sources = small_config(*SHORT, *replay, "run.name=full", files=files)
     full = ContinualRun(cfg, sources).run()
@@ -77,7 +77,7 @@ def test_crash_then_resume_equals_uninterrupted(small_config, tmp_path):
     stage = full / "stages" / "02_grounding"
     again = resumed / "stages" / "02_grounding"
     assert torch.load(stage / "callbacks.pt")["replay"] == torch.load(again / "callbacks.pt")["replay"]
-    assert len(torch.load(again / "callbacks.pt")["replay"]["buffer"]) == 3
+    assert len(torch.load(again / "callbacks.pt")["replay"]["memory"]["kept"]) == 3
     weights = load_file(stage / "adapters" / "default" / "adapter_model.safetensors")
     resumed_weights = load_file(again / "adapters" / "default" / "adapter_model.safetensors")
     assert weights.keys() == resumed_weights.keys()
@@ -132,7 +132,7 @@ def test_every_hook_is_reached_in_order_and_adapters_load_with_plain_peft(small_
 
 def test_replay_mixes_earlier_samples_by_reference(small_config, tmp_path):
     cfg, sources = small_config("benchmark.order=[colour_mc,count_vqa]", "train.max_steps=1",
-                                "callbacks.replay.samples_per_task=5", files=[CONFIGS / "method" / "replay.yaml"])
+                                "callbacks.replay.size=5", files=[CONFIGS / "method" / "replay.yaml"])
     run = ContinualRun(cfg, sources)
     run_dir = run.run()
     buffer = run.callbacks["replay"].buffer
@@ -140,7 +140,9 @@ def test_replay_mixes_earlier_samples_by_reference(small_config, tmp_path):
     assert run.datamodule.replay and run.datamodule.replay[0][0].name == "colour_mc"
     assert len(run.datamodule.train_dataloader().dataset) == 32 + 5
     state = torch.load(run_dir / "stages" / "01_count_vqa" / "callbacks.pt")
-    assert state["replay"]["buffer"] == buffer
+    restored = type(run.callbacks["replay"])()
+    restored.load_state_dict(state["replay"])
+    assert restored.buffer == buffer
 
 
 def test_joint_and_zeroshot_evaluate_all_tasks_once(small_config):

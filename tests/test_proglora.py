@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cvit.loop import ContinualRun
-from cvit.methods.allocation import DynamicAllocator, max_pool, recall_counts, recall_kl, similarity_weight
+from cvit.methods.allocation import DynamicAllocator, max_pool, recall_kl, similarity_weight
 from cvit.model.mixing import lora_layers
 from tests.conftest import CONFIGS
 from tests.test_loop import straight_and_resumed
@@ -31,12 +31,6 @@ def test_similarity_weights_on_hand_made_embeddings():
     opposite = embedding([-1.0, 0.0], [0.0, 1.0], [1.0, 1.0])
     assert similarity_weight(opposite, current) == 0.0  # a negative product is clamped to 0
     assert similarity_weight(current, current) == pytest.approx(1.0)
-
-
-def test_recall_counts_follow_one_minus_w_times_phi():
-    assert recall_counts([0.25, 1.0, 0.0, 0.333], 200, "similarity") == [150, 0, 200, 133]
-    assert recall_counts([0.25, 1.0], 200, "random") == [200, 200]
-    assert recall_counts([0.25, 1.0], 200, "none") == [0, 0]
 
 
 def test_dynamic_allocation_recomputed_by_hand():
@@ -140,7 +134,7 @@ def test_dynamic_kl_recall_trains_the_allocator_under_4bit(small_config):
     recall, module = run.callbacks["recall"], run.module
     assert recall.recalled["count_vqa"]["colour_mc"] > 0
     dm = run.datamodule
-    recall.buffer.pop("count_vqa")  # back to the start of count_vqa: colour_mc alone is in memory
+    recall.memory.kept.pop("count_vqa")  # back to the start of count_vqa: colour_mc alone is in memory
     recall.on_task_start(None, module, dm, dm.tasks["count_vqa"])
     module.zero_grad()
     terms = recall.training_loss(module, train_batch(dm, "count_vqa"), None)

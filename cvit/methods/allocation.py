@@ -30,13 +30,6 @@ def similarity_weight(earlier: dict[str, torch.Tensor], current: dict[str, torch
     return min(1.0, max(0.0, product))
 
 
-def recall_counts(weights: list[float], phi: int, mode: str) -> list[int]:
-    """Samples replayed from each earlier task: similarity (1 - w) phi, rounded; random phi; none 0."""
-    if mode == "similarity":
-        return [round((1 - w) * phi) for w in weights]
-    return [phi if mode == "random" else 0 for _ in weights]
-
-
 def max_pool(embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[B, L, d] token embeddings max-pooled over the tokens where the [B, L] mask is set -> [B, d]."""
     floor = torch.finfo(embeddings.dtype).min
