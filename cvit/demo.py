@@ -58,12 +58,14 @@ def run_method(method: str, work: Path, configs: Path, data: Path, model: Path, 
 
 
 def parameters_table(docs: dict[str, dict]) -> str:
-    """A row per method: the last stage's adapter parameter counts ("-" for runs made before they were kept)."""
+    """A row per method: the last stage's adapter parameter counts ("-" for runs made before they were kept) and
+    the run's time (the sum of its completed stages' train + evaluation seconds)."""
     rows = []
     for method, doc in docs.items():
         last = (doc.get("parameters") or [{}])[-1]
-        rows.append([method, *(f"{last[k]:,}" if k in last else "-" for k in ("trainable", "stored", "inference"))])
-    return markdown_table(["method", "trainable", "stored", "inference"], rows)
+        counts = [f"{last[k]:,}" if k in last else "-" for k in ("trainable", "stored", "inference")]
+        rows.append([method, *counts, f"{sum(doc.get('seconds', [])):.0f}"])
+    return markdown_table(["method", "trainable", "stored", "inference", "seconds"], rows)
 
 
 def run_demo(work: Path, configs: Path, methods: tuple[str, ...] = METHODS, templates: str = "single",
@@ -86,7 +88,7 @@ def run_demo(work: Path, configs: Path, methods: tuple[str, ...] = METHODS, temp
     print(metrics_table({method: run_metrics(doc) for method, doc in docs.items()}))
     print("\nThe same without the caption task (every score 0-100):")
     print(metrics_table({method: run_metrics(doc, ("caption",)) for method, doc in docs.items()}))
-    print("\nAdapter parameters after the last stage (trained in it / stored / loaded at inference):")
+    print("\nAdapter parameters after the last stage (trained in it / stored / loaded at inference), run time:")
     print(parameters_table(docs))
     for method, path in reports.items():
         print(f"  {method:<9} report: {path}")

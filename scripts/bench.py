@@ -4,6 +4,9 @@ noisy, so only ratios taken side by side mean anything).
 generation: batched greedy generation vs. batch size 1 on the tiny LLaVA (same outputs asserted).
 ema:        training step time with LLaCA's dynamic EMA (paper formula) vs. SeqLoRA on the tiny LLaVA, fits
             alternated so both see the same machine load; target ratio <= 1.05.
+baselines:  training step time of each baseline (replay, EWC, LwF, MoELoRA, O-LoRA) vs. SeqLoRA on the
+            stream's second task, where the penalties and teachers are active (a short first task sets up
+            the Fisher, the memory, the frozen LoRA), fits alternated across the methods.
 """
 
 from __future__ import annotations
@@ -77,38 +80,99 @@ class StepTimer(L.Callback):
         self.times.append(time.perf_counter() - self.started)
 
 
-def bench_ema(root: Path, model_dir: Path) -> None:
-    from cvit.callbacks.dynamic_ema import DynamicEMACallback
-
+def prepared_run(root: Path, model_dir: Path, method: str = "seqlora", overrides: tuple[str, ...] = ()):
+    """A ContinualRun of `method` on the synthetic stream with its model loaded (no run directory)."""
     from cvit.config import load_config
     from cvit.loop import ContinualRun
 
-    files = [REPO / "configs" / "model" / "tiny_llava.yaml", REPO / "configs" / "benchmark" / "synthetic.yaml"]
-    cfg, sources = load_config(files, [f"benchmark.root={root}", f"model.path={model_dir}", "eval.unseen=false"])
+    configs = REPO / "configs"
+    files = [configs / "model" / "tiny_llava.yaml", configs / "benchmark" / "synthetic.yaml",
+             configs / "method" / f"{method}.yaml"]
+    cfg, sources = load_config(files, [f"benchmark.root={root}", f"model.path={model_dir}", "eval.unseen=false",
+                                       *overrides])
     run = ContinualRun(cfg, sources)
     run.prepare()
     run.load_model()
+    return run
+
+
+def bench_trainer(run, callbacks: list, steps: int = STEPS) -> L.Trainer:
+    """A bare CPU trainer of `steps` steps with the run's gradient clipping; a StepTimer runs last."""
+    return L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                     gradient_clip_val=run.cfg.train.grad_clip or None, enable_progress_bar=False,
+                     enable_model_summary=False, callbacks=[*callbacks, StepTimer()])
+
+
+def timed_fit(run, callbacks: list, steps: int = STEPS) -> tuple[float, L.Trainer]:
+    """(median step time in s, the trainer) of a `steps`-step fit on the run's current stage."""
+    trainer = bench_trainer(run, callbacks, steps)
+    trainer.fit(run.module, datamodule=run.datamodule)
+    return statistics.median(trainer.callbacks[-1].times[5:]), trainer  # first steps warm up
+
+
+def bench_ema(root: Path, model_dir: Path) -> None:
+    from cvit.callbacks.dynamic_ema import DynamicEMACallback
+
+    run = prepared_run(root, model_dir)
     run.datamodule.set_stage([run.stream[0]])
     medians: dict[str, list[float]] = {"seqlora": [], "dynamic_ema": []}
     for _ in range(ROUNDS):
         for variant in medians:
-            timer = StepTimer()
             extra = [DynamicEMACallback("paper")] if variant == "dynamic_ema" else []
-            trainer = L.Trainer(accelerator="cpu", max_steps=STEPS, logger=False, enable_checkpointing=False,
-                                enable_progress_bar=False, enable_model_summary=False, callbacks=[*extra, timer])
-            trainer.fit(run.module, datamodule=run.datamodule)
-            medians[variant].append(statistics.median(timer.times[5:]))  # first steps warm up
+            medians[variant].append(timed_fit(run, extra)[0])
     seqlora, ema = statistics.median(medians["seqlora"]), statistics.median(medians["dynamic_ema"])
     print(f"ema         step time (median of {ROUNDS} alternated fits x {STEPS} steps, batch "
-          f"{cfg.data.batch_size}): SeqLoRA {1000 * seqlora:.1f} ms, dynamic EMA {1000 * ema:.1f} ms, "
+          f"{run.cfg.data.batch_size}): SeqLoRA {1000 * seqlora:.1f} ms, dynamic EMA {1000 * ema:.1f} ms, "
           f"ratio x{ema / seqlora:.3f} (target <= 1.05)")
+
+
+# each baseline as the ladder runs it (MoELoRA scaled to the tiny model); EWC's Fisher over 5 batches here
+BASELINES = {"seqlora": (), "replay": (), "ewc": ("callbacks.ewc.batches=5",), "lwf": (),
+             "moelora": ("callbacks.moelora.r=8", "callbacks.moelora.alpha=16"), "olora": ()}
+
+
+def second_task(run) -> int:
+    """Train the stream's first task briefly through the method's task hooks, then open the second (the state
+    a penalty, a teacher or a memory needs is in place); returns the second stage's training samples."""
+    first, second = run.stream[:2]
+    hooks = list(run.callbacks.values())
+    run.datamodule.set_stage([first])
+    for callback in hooks:
+        callback.on_task_start(bench_trainer(run, hooks), run.module, run.datamodule, first)
+    _, trainer = timed_fit(run, hooks, 10)
+    for callback in hooks:
+        callback.on_task_end(trainer, run.module, run.datamodule, first)
+    run.datamodule.set_stage([second])
+    for callback in hooks:  # a trainer, as the loop gives (LwF keeps its teacher only in a training run)
+        callback.on_task_start(bench_trainer(run, hooks), run.module, run.datamodule, second)
+    return len(run.datamodule.train_dataloader().dataset)
+
+
+def bench_baselines(root: Path, model_dir: Path) -> None:
+    runs = {method: prepared_run(root, model_dir, method, overrides) for method, overrides in BASELINES.items()}
+    samples = {method: second_task(run) for method, run in runs.items()}
+    medians: dict[str, list[float]] = {method: [] for method in runs}
+    order = list(runs)
+    for round_index in range(len(order)):  # the order rotates each round: each method is first once
+        for method in order[round_index % len(order):] + order[: round_index % len(order)]:
+            medians[method].append(timed_fit(runs[method], list(runs[method].callbacks.values()))[0])
+    seqlora = statistics.median(medians["seqlora"])
+    print(f"baselines   step time on the second task (median of {len(order)} rotated fits x {STEPS} steps, batch "
+          f"{runs['seqlora'].cfg.data.batch_size}), ratio to SeqLoRA {1000 * seqlora:.1f} ms; samples per epoch:")
+    for method, times in medians.items():
+        step = statistics.median(times)
+        spread = f"{1000 * min(times):.0f}-{1000 * max(times):.0f}"
+        print(f"            {method:<8} {1000 * step:7.1f} ms  x{step / seqlora:.3f}  (fits {spread} ms)  "
+              f"{samples[method]} samples")
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = make_synthetic(Path(tmp) / "synthetic", SyntheticSizes(train=STEPS * 32, test=ITEMS, base=1))
         bench_generation(root)
-        bench_ema(root, save_tiny_llava(Path(tmp) / "tiny-llava"))
+        model_dir = save_tiny_llava(Path(tmp) / "tiny-llava")
+        bench_ema(root, model_dir)
+        bench_baselines(root, model_dir)
 
 
 if __name__ == "__main__":
