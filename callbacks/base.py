@@ -8,7 +8,8 @@ Hook contract (called by `cvit.loop.ContinualRun` on every callback, in YAML ord
       consolidation (fusion, anchors, Fisher, writing EMA weights back).
   training_loss(module, batch, outputs) -> dict[str, Tensor]   extra loss terms added in the
       training step (EWC, LwF, KL recall, ...); keys are logged as `loss/<key>`.
-Step-level work uses Lightning's own hooks (e.g. `on_train_batch_end` for a per-step EMA).
+Step-level work uses Lightning's own hooks (e.g. `on_train_batch_end` for a per-step EMA, gated by
+`optimizer_stepped()` under gradient accumulation).
 A method with its own LoRA layer type returns it from `adapter_layer()` (asked once, before the model loads,
 after `check_model`); the pool builds every adapter with it (owning "adapter_layer" keeps it to one callback).
 Inference-time routing is installed on the module (`module.set_router(...)`), which owns it.
@@ -21,6 +22,7 @@ allocation weights needs the progressive pool before it), checked before any mod
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning as L
@@ -34,8 +36,24 @@ if TYPE_CHECKING:
     from cvit.module import ContinualModule
 
 
+class Shared(str, Enum):
+    """What at most one callback of a run takes charge of (`owns`)."""
+
+    ADAPTER_POOL = "adapter_pool"  # adds, selects, freezes the pool's adapters (module.pool)
+    ROUTER = "router"  # installs the module's routing (module.set_router)
+    ADAPTER_LAYER = "adapter_layer"  # gives the pool its LoRA layer type (adapter_layer())
+
+
+class Capability(str, Enum):
+    """What a callback's set-up offers the callbacks after it (`provides`) and they may need (`requires`);
+    a user's callbacks may name their own with any other string."""
+
+    ALLOCATION = "allocation"  # module.router.similarity[task]: task similarity weights (ProgLoRA's pool)
+    DYNAMIC_ALLOCATION = "dynamic_allocation"  # module.router.pooled / allocate: per-instance block weights
+
+
 class ContinualCallback(L.Callback):
-    owns: ClassVar[tuple[str, ...]] = ()
+    owns: ClassVar[tuple[Shared, ...]] = ()
     sequential_only: ClassVar[bool] = False
     # "writes": on_task_end replaces the trained weights (EMA); "reads": on_task_end consolidates them (fusion,
     # recorded allocations). Readers must come after writers in YAML order (no fusion before EMA).
@@ -57,6 +75,16 @@ class ContinualCallback(L.Callback):
     def requires(self) -> tuple[str, ...]:
         """Capabilities that callbacks before this one must provide."""
         return ()
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, module: ContinualModule, optimizer: Any) -> None:
+        """Marks the optimizer step for `optimizer_stepped` (an override calls super())."""
+        self._optimizer_stepped = True
+
+    def optimizer_stepped(self) -> bool:
+        """In `on_train_batch_end`: whether this batch ended with an optimizer step, so per-step work (an EMA)
+        runs once per step under gradient accumulation. Clears the mark: call it once per batch."""
+        stepped, self._optimizer_stepped = getattr(self, "_optimizer_stepped", False), False
+        return stepped
 
     @property
     def state_key(self) -> str:

@@ -44,7 +44,6 @@ class DynamicEMACallback(ContinualCallback):
         self.granularity, self.skip_new_adapters = granularity, skip_new_adapters
         self.names: list[str] = []
         self.params: list[torch.nn.Parameter] = []
-        self.stepped_at = -1  # the trainer's global step at the last update
         self.restored: dict[str, Any] | None = None
         self.known_adapters: list[str] = []  # the pool's adapters at the end of the last task
         self.skipped: list[str] = []  # tasks trained without EMA (skip_new_adapters)
@@ -69,7 +68,6 @@ class DynamicEMACallback(ContinualCallback):
             return
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         self.names, self.params = [n for n, _ in named], [p for _, p in named]
-        self.stepped_at = trainer.global_step
         restored, self.restored = self.restored, None
         if restored is None:
             self.ema.start(self.params, layer_units(self.names) if self.granularity == "layer" else None)
@@ -79,9 +77,8 @@ class DynamicEMACallback(ContinualCallback):
         self.ema.load(restored["state"], self.params[0].device)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if not self.params or trainer.global_step == self.stepped_at:  # no EMA, or gradients still accumulating
+        if not self.optimizer_stepped() or not self.params:  # gradients still accumulating, or no EMA
             return
-        self.stepped_at = trainer.global_step
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         stepped = self.ema.step(self.params, grads)
         if stepped is not None and trainer.global_step % trainer.log_every_n_steps == 0:  # logging costs a sync

@@ -34,12 +34,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from cvit.callbacks.base import ContinualCallback
+from cvit.callbacks.base import ContinualCallback, Shared
 
 from cvit.errors import ConfigError
 from cvit.model.encoders import build_encoder, mean_embeddings, to_accelerator
 from cvit.model.mixing import layers_in, mixed
-from cvit.model.pool import DEFAULT_ADAPTER
+from cvit.model.pool import indexed_adapter
 from cvit.model.routing import Router, RowGroups
 from cvit.registry import register_callback
 
@@ -48,7 +48,7 @@ LAYOUTS = ("hide", "merge_all", "merge_all_but_top", "expand_all", "expand_all_b
 
 
 def expert_name(index: int) -> str:
-    return DEFAULT_ADAPTER if index == 0 else f"task{index}"
+    return indexed_adapter(index, "task")
 
 
 def routing_weights(image: torch.Tensor, text: torch.Tensor, anchors: list[dict[str, torch.Tensor]],
@@ -111,7 +111,7 @@ class DecouplingRouter(Router):
 @register_callback("hide")
 class HiDeLLaVA(ContinualCallback):
     task_end_weights = "reads"
-    owns = ("adapter_pool", "router")
+    owns = (Shared.ADAPTER_POOL, Shared.ROUTER)
     sequential_only = True
 
     def __init__(
@@ -145,11 +145,7 @@ class HiDeLLaVA(ContinualCallback):
                               f"{layers} decoder layers (0..{layers - 1}, or -{layers}..-1)")
 
     def on_task_start(self, trainer, module, datamodule, task) -> None:
-        expert = expert_name(len(self.tasks))
-        if self.tasks:
-            module.pool.add(expert)
-        module.pool.set_active([expert])
-        module.pool.set_trainable([expert])
+        module.pool.train_only(expert_name(len(self.tasks)))
 
     def on_task_end(self, trainer, module, datamodule, task) -> None:
         if self.encoder is None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cvit.callbacks.base import ContinualCallback
+from cvit.callbacks.base import ContinualCallback, Shared
 
 from cvit.methods.codebook import FALLBACKS, SIMILARITIES, InstructionCodebook, unique
 from cvit.model.pool import DEFAULT_ADAPTER
@@ -54,7 +54,7 @@ class GroupRouter(Router):
 
 @register_callback("instruction_grouping")
 class InstructionGrouping(ContinualCallback):
-    owns = ("adapter_pool", "router")
+    owns = (Shared.ADAPTER_POOL, Shared.ROUTER)
     sequential_only = True
 
     def __init__(self, threshold: float = 0.9, similarity: str = "max", new_group: str = "fresh",
@@ -76,13 +76,13 @@ class InstructionGrouping(ContinualCallback):
     def on_task_start(self, trainer, module, datamodule, task) -> None:
         instructions = unique(datamodule.templates(task))
         self.current, similarity = self.codebook.match(instructions, self.threshold)
+        init_from = None
         if self.current is not None:
             self.adapter = self.codebook.groups[self.current].adapter
         elif self.codebook.groups:  # the first group uses the pool's initial adapter
             previous, self.adapter = self.adapter, f"group{len(self.codebook.groups)}"
-            module.pool.add(self.adapter, init_from=previous if self.new_group == "previous" else None)
-        module.pool.set_active([self.adapter])
-        module.pool.set_trainable([self.adapter])
+            init_from = previous if self.new_group == "previous" else None
+        module.pool.train_only(self.adapter, init_from)
         self.decisions.append({"task": task.name, "adapter": self.adapter, "new": self.current is None,
                                "similarity": round(similarity, 4)})
 

@@ -6,7 +6,7 @@ experts. `balance` > 0 adds that weight times the mean over layers of Switch Tra
 from __future__ import annotations
 
 import torch
-from cvit.callbacks.base import ContinualCallback
+from cvit.callbacks.base import ContinualCallback, Shared
 
 from cvit.model.moelora import MoELoRAOptions, MoELoRAType, load_balance, moelora_layers
 from cvit.registry import register_callback
@@ -15,7 +15,7 @@ from cvit.schema import LANGUAGE_MODEL_LINEARS
 
 @register_callback("moelora")
 class MoELoRA(ContinualCallback):
-    owns = ("adapter_layer",)
+    owns = (Shared.ADAPTER_LAYER,)
 
     def __init__(self, experts: int = 8, r: int = 128, alpha: int = 256, target_modules: str = LANGUAGE_MODEL_LINEARS,
                  balance: float = 0.0) -> None:

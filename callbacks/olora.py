@@ -9,23 +9,23 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from cvit.callbacks.base import ContinualCallback
+from cvit.callbacks.base import ContinualCallback, Shared
 
 from cvit.methods.olora import l2_norms, orthogonality
 from cvit.model.mixing import lora_layers
-from cvit.model.pool import DEFAULT_ADAPTER
+from cvit.model.pool import indexed_adapter
 from cvit.registry import register_callback
 
 FORWARDS = ("current", "all")
 
 
 def task_adapter(index: int) -> str:
-    return DEFAULT_ADAPTER if index == 0 else f"task{index}"
+    return indexed_adapter(index, "task")
 
 
 @register_callback("olora")
 class OLoRA(ContinualCallback):
-    owns = ("adapter_pool",)
+    owns = (Shared.ADAPTER_POOL,)
     sequential_only = True
 
     def __init__(self, lambda1: float = 0.5, lambda2: float = 0.0, forward: str = "current") -> None:
@@ -38,11 +38,8 @@ class OLoRA(ContinualCallback):
 
     def on_task_start(self, trainer, module, datamodule, task) -> None:
         name = task_adapter(len(self.adapters))
-        if name not in module.pool.names:
-            module.pool.add(name)
         self.adapters.append(name)
-        module.pool.set_active(self.adapters if self.forward == "all" else [name])
-        module.pool.set_trainable([name])
+        module.pool.train_only(name, active=self.adapters if self.forward == "all" else [name])
 
     def on_task_end(self, trainer, module, datamodule, task) -> None:
         module.pool.set_active(self.adapters)  # inference: every task's LoRA summed

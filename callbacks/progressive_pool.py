@@ -25,12 +25,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from cvit.callbacks.base import ContinualCallback
+from cvit.callbacks.base import Capability, ContinualCallback, Shared
 
 from cvit.methods.allocation import DynamicAllocator, max_pool, similarity_weight
 from cvit.model.encoders import build_encoder, mean_embeddings, to_accelerator, token_embeddings
 from cvit.model.mixing import mixed
-from cvit.model.pool import DEFAULT_ADAPTER
+from cvit.model.pool import indexed_adapter
 from cvit.model.routing import Router, RowGroups, rows_by_key
 from cvit.registry import register_callback
 
@@ -38,7 +38,7 @@ ALLOCATOR = "allocation"  # the dynamic allocator's name among the pool's extras
 
 
 def block_name(index: int) -> str:
-    return DEFAULT_ADAPTER if index == 0 else f"block{index}"
+    return indexed_adapter(index, "block")
 
 
 class AllocationRouter(Router):
@@ -94,7 +94,7 @@ class AllocationRouter(Router):
 
 @register_callback("progressive_pool")
 class ProgressiveLoRAPool(ContinualCallback):
-    owns = ("adapter_pool", "router")
+    owns = (Shared.ADAPTER_POOL, Shared.ROUTER)
     sequential_only = True
 
     def __init__(
@@ -116,15 +116,12 @@ class ProgressiveLoRAPool(ContinualCallback):
         self.encoder = None
 
     def provides(self) -> tuple[str, ...]:
-        return ("allocation", "dynamic_allocation") if self.allocation == "dynamic" else ("allocation",)
+        dynamic = (Capability.DYNAMIC_ALLOCATION,) if self.allocation == "dynamic" else ()
+        return (Capability.ALLOCATION, *dynamic)
 
     def on_task_start(self, trainer, module, datamodule, task) -> None:
         index = len(self.tasks)
-        block = block_name(index)
-        if index > 0:
-            module.pool.add(block)
-        module.pool.set_active([block])
-        module.pool.set_trainable([block])
+        module.pool.train_only(block_name(index))
         self.tasks.append(task.name)
         if self.encoder is None:
             self.encoder = build_encoder(module, self.encoders["image"], self.encoders["text"],

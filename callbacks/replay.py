@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cvit.callbacks.base import ContinualCallback
+from cvit.callbacks.base import Capability, ContinualCallback
 
 from cvit.methods.memory import ReplayMemory
 from cvit.registry import register_callback
@@ -30,7 +30,7 @@ class ExperienceReplay(ContinualCallback):
         self.recalled: dict[str, dict[str, int]] = {}  # task -> records recalled from each earlier task
 
     def requires(self) -> tuple[str, ...]:
-        return ("allocation",) if self.memory.policy == "similarity" else ()
+        return (Capability.ALLOCATION,) if self.memory.policy == "similarity" else ()
 
     @property
     def buffer(self) -> dict[str, list[int]]:

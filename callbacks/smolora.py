@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from cvit.callbacks.base import ContinualCallback
+from cvit.callbacks.base import ContinualCallback, Shared
 
 from cvit.atomic import write_json, write_with
 from cvit.errors import ConfigError
@@ -65,7 +65,7 @@ def check_targets(model_config: Any, pattern: str, key: str) -> None:
 
 @register_callback("smolora")
 class SMoLoRA(ContinualCallback):
-    owns = ("adapter_layer", "router")
+    owns = (Shared.ADAPTER_LAYER, Shared.ROUTER)
 
     def __init__(self, routing: str = "paper", experts: int = 8, r: int = 128, alpha: int = 256,
                  branches: list[str] | None = None, target_modules: str | None = None,

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from cvit.callbacks.base import Capability
 from cvit.callbacks.replay import ExperienceReplay
 
 from cvit.methods.allocation import KL_REDUCTIONS, recall_kl
@@ -48,7 +49,7 @@ class TaskRecall(ExperienceReplay):
         self.recall_targets: torch.Tensor | None = None  # [N, m] their recorded allocations (kl)
 
     def requires(self) -> tuple[str, ...]:
-        return super().requires() + (("dynamic_allocation",) if self.mode == "kl" else ())
+        return super().requires() + ((Capability.DYNAMIC_ALLOCATION,) if self.mode == "kl" else ())
 
     def on_task_start(self, trainer, module, datamodule, task) -> None:
         self.recall_pooled = self.recall_targets = None

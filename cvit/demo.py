@@ -58,13 +58,13 @@ def run_method(method: str, work: Path, configs: Path, data: Path, model: Path, 
 
 
 def parameters_table(docs: dict[str, dict]) -> str:
-    """A row per method: the last stage's adapter parameter counts ("-" for runs made before they were kept) and
-    the run's time (the sum of its completed stages' train + evaluation seconds)."""
+    """A row per method: the last stage's adapter parameter counts and the run's time (the sum of its completed
+    stages' train + evaluation seconds)."""
     rows = []
     for method, doc in docs.items():
-        last = (doc.get("parameters") or [{}])[-1]
-        counts = [f"{last[k]:,}" if k in last else "-" for k in ("trainable", "stored", "inference")]
-        rows.append([method, *counts, f"{sum(doc.get('seconds', [])):.0f}"])
+        last = doc["parameters"][-1]
+        counts = [f"{last[k]:,}" for k in ("trainable", "stored", "inference")]
+        rows.append([method, *counts, f"{sum(doc['seconds']):.0f}"])
     return markdown_table(["method", "trainable", "stored", "inference", "seconds"], rows)
 
 

@@ -188,7 +188,7 @@ class ContinualRun:
         doc["mif"].append(row["seen_mif"])
         doc["unseen_mif"].append(row["unseen_mif"])
         doc["seconds"].append(round(time.perf_counter() - started, 2))
-        doc.setdefault("parameters", []).append({
+        doc["parameters"].append({
             "trainable": trainable, "stored": module.pool.parameter_count(),
             "inference": module.router.inference_parameters(module.pool) + module.pool.projector_size,
         })

@@ -19,7 +19,6 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig
-from transformers import get_cosine_schedule_with_warmup
 
 from cvit.callbacks.base import ContinualCallback
 from cvit.data.collate import IGNORE_INDEX
@@ -27,6 +26,7 @@ from cvit.model.batching import select_rows
 from cvit.model.build import FAMILIES, load_mllm
 from cvit.model.pool import AdapterLayer, AdapterPool
 from cvit.model.routing import Router
+from cvit.optimization import build_optimizer, build_schedule
 
 MODEL_INPUTS = (
     "input_ids", "attention_mask", "pixel_values", "image_grid_thw", "image_sizes", "mm_token_type_ids"
@@ -139,9 +139,8 @@ class ContinualModule(L.LightningModule):
         return groups
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.parameter_groups(), weight_decay=self.train_cfg.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = get_cosine_schedule_with_warmup(optimizer, int(self.train_cfg.warmup_ratio * total), total)
+        optimizer = build_optimizer(self.parameter_groups(), self.train_cfg)
+        schedule = build_schedule(optimizer, self.train_cfg, max(1, int(self.trainer.estimated_stepping_batches)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[str]:

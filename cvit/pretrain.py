@@ -20,6 +20,7 @@ from cvit.data.datasets import TrainSet
 from cvit.data.records import load_train
 from cvit.model.build import FAMILIES, load_processor
 from cvit.module import answer_loss, model_inputs
+from cvit.seeding import seeded_generator
 
 
 def base_train(
@@ -36,7 +37,7 @@ def base_train(
     loader = DataLoader(
         TrainSet(records, (), seed), batch_size=batch_size, shuffle=True, drop_last=True,
         collate_fn=Collator(processor, family, 512).train_batch,
-        generator=torch.Generator().manual_seed(seed),
+        generator=seeded_generator(seed),
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, steps // 20, steps)

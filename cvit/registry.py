@@ -1,7 +1,8 @@
 """Build callbacks from the config's named mapping.
 
 Each entry is `{name: <registered name>, ...arguments}` or, for a user's own callback,
-`{class_path: "package.module:ClassName", ...arguments}` (imported, never evaluated). Arguments are
+`{class_path: "package.module:ClassName", ...arguments}` (imported, never evaluated; see
+`import_user_module` for where from). Arguments are
 checked against the constructor's signature, so a typo is an error naming the key and its file.
 """
 
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -39,6 +42,19 @@ def known_callbacks() -> dict[str, type]:
     return CALLBACKS
 
 
+def import_user_module(name: str, origin: str):
+    """Import a user's module from sys.path, else from the current folder, else from the folder of the YAML file
+    `origin` that names it (so `cvit fit` finds a project's own package without PYTHONPATH)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name != name.split(".")[0]:
+            raise  # the module was found; something it imports is missing
+    folders = [str(Path.cwd()), *([str(Path(origin).resolve().parent)] if Path(origin).is_file() else [])]
+    sys.path.extend(folder for folder in folders if folder not in sys.path)
+    return importlib.import_module(name)
+
+
 def resolve_class(key: str, spec: dict[str, Any], origin: str) -> type:
     from cvit.callbacks.base import ContinualCallback
 
@@ -54,7 +70,7 @@ def resolve_class(key: str, spec: dict[str, Any], origin: str) -> type:
         return registry[spec["name"]]
     module_name, _, class_name = str(spec["class_path"]).partition(":")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
+        cls = getattr(import_user_module(module_name, origin), class_name)
     except (ImportError, AttributeError, ValueError) as err:
         raise ConfigError(f"{origin}: key 'callbacks.{key}.class_path': cannot import: {err}") from None
     if not (isinstance(cls, type) and issubclass(cls, ContinualCallback)):
@@ -63,6 +79,11 @@ def resolve_class(key: str, spec: dict[str, Any], origin: str) -> type:
 
 
 SIMPLE_TYPES = (bool, int, float, str)
+
+
+def plain(name: Any) -> str:
+    """A Shared / Capability member or a user's string, as its string."""
+    return str(getattr(name, "value", name))
 
 
 def check_argument_types(cls: type, key: str, kwargs: dict[str, Any], sources: Sources) -> None:
@@ -84,6 +105,9 @@ def check_argument_types(cls: type, key: str, kwargs: dict[str, Any], sources: S
 def build_callbacks(specs: DictConfig, sources: Sources, mode: str = "sequential") -> dict[str, Any]:
     """Instantiate every callback (cheap: no model is touched). Raises ConfigError on bad entries, on two
     owners of one thing and on a `sequential_only` callback in a joint or zero-shot run (`mode`)."""
+    from cvit.callbacks.base import Shared
+
+    shared = [thing.value for thing in Shared]
     built: dict[str, Any] = {}
     owners: dict[str, str] = {}
     provided: set[str] = set()
@@ -108,22 +132,25 @@ def build_callbacks(specs: DictConfig, sources: Sources, mode: str = "sequential
             callback = cls(**kwargs)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"{origin}: key 'callbacks.{key}': {err}") from None
-        if getattr(cls, "sequential_only", False) and mode != "sequential":
+        if cls.sequential_only and mode != "sequential":
             raise ConfigError(f"{origin}: key 'callbacks.{key}': {cls.__name__} needs a sequential stream "
                               f"(method.mode is {mode!r})")
-        for thing in getattr(cls, "owns", ()):
+        for thing in map(plain, cls.owns):
+            if thing not in shared:
+                raise ConfigError(f"{origin}: key 'callbacks.{key}': {cls.__name__}.owns names {thing!r}; shared "
+                                  f"things are {', '.join(shared)} (cvit.callbacks.base.Shared)")
             if thing in owners:
                 raise ConfigError(
                     f"{origin}: callbacks '{owners[thing]}' and '{key}' both take charge of {thing!r}; "
                     "keep one"
                 )
             owners[thing] = key
-        missing = [need for need in callback.requires() if need not in provided]
+        missing = [need for need in map(plain, callback.requires()) if need not in provided]
         if missing:
             raise ConfigError(f"{origin}: key 'callbacks.{key}': needs {', '.join(missing)} from a callback "
                               "listed before it (e.g. progressive_pool for allocation)")
-        provided.update(callback.provides())
-        role = getattr(cls, "task_end_weights", "")
+        provided.update(map(plain, callback.provides()))
+        role = cls.task_end_weights
         if role == "writes" and readers:
             raise ConfigError(
                 f"{origin}: key 'callbacks.{key}': it replaces the trained weights at task end, after "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from statistics import fmean
 from typing import Any
 
 import matplotlib
@@ -13,6 +12,7 @@ from matplotlib.figure import Figure
 
 from cvit.atomic import write_text, write_with
 from cvit.eval.metrics import METRIC_LABELS, format_value, read_matrix_doc, run_metrics
+from cvit.eval.mif import mean_following
 from cvit.provenance import setup_lines
 
 TABLE_METRICS = ("last", "maa", "bwt", "forgetting", "new_acc", "mif")
@@ -69,8 +69,8 @@ def heatmap_figure(
 
 
 def row_labels(doc: dict[str, Any], count: int) -> list[str]:
-    """Row labels "after <stage>" for the first `count` stages ("stages", else "stream", else "tasks")."""
-    stages = doc.get("stages") or doc.get("stream") or doc["tasks"]
+    """Row labels "after <stage>" for the first `count` stages ("stages", else "tasks")."""
+    stages = doc.get("stages") or doc["tasks"]
     return [f"after {stage}" for stage in stages[:count]]
 
 
@@ -124,9 +124,8 @@ def _mif_lines(doc: dict[str, Any]) -> list[str]:
     if not judged:
         return []
     table = markdown_table(["task", "follows (%)"], [[t, format_value(r)] for t, r in judged])
-    seen = [rate for rate in trained if rate is not None]
-    means = f"MIF (trained tasks): {format_value(fmean(seen) if seen else None)}; all judged tasks: " \
-            f"{format_value(fmean(rate for _, rate in judged))}."
+    means = f"MIF (trained tasks): {format_value(mean_following(trained))}; all judged tasks: " \
+            f"{format_value(mean_following(rate for _, rate in judged))}."
     return ["## Instruction following (MIF) at the latest evaluation", "", table, "", means, ""]
 
 
@@ -162,7 +161,7 @@ def _details_lines(doc: dict[str, Any]) -> list[str]:
 def report_markdown(doc: dict[str, Any], image: str | None) -> str:
     """report.md's text for a matrix.json document; `image` is the heatmap's file name, if drawn."""
     tasks, matrix = doc["tasks"], doc["matrix"]
-    total = len(doc.get("stages") or doc.get("stream") or tasks)
+    total = len(doc.get("stages") or tasks)
     progress = f"{len(matrix)} of {total} stages completed" + (" (an incomplete run)" * (len(matrix) < total))
     lines = [
         f"# {doc.get('method', 'unknown method')} on {doc.get('benchmark', 'unknown benchmark')}", "",

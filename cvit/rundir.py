@@ -19,12 +19,35 @@ from typing import Any
 
 import torch
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from cvit.atomic import atomic_path, write_json, write_text
 from cvit.errors import RunDirError
+from cvit.schema import ExperimentConfig
 
 # Keys that cannot change a run's results: a resumed run may differ in them.
 RESULT_NEUTRAL_KEYS = ("run.", "data.num_workers", "data.verify_images", "train.log_every_n_steps")
+
+
+# what torch.load(weights_only=True) reloads (besides dicts, lists and tuples of these)
+RELOADABLE = (type(None), bool, int, float, str, bytes, torch.Tensor, torch.Size, torch.dtype, torch.device)
+
+
+def check_reloadable(value: Any, where: str) -> None:
+    """Raise TypeError naming the first part of `value` (at `where`, e.g. "callback 'ewc' state") that
+    `torch.load(weights_only=True)` would refuse at resume: anything but RELOADABLE in dicts, lists and tuples."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"{where}: key {key!r} is a {type(key).__name__}; use str or int keys")
+            check_reloadable(item, f"{where}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            check_reloadable(item, f"{where}[{index}]")
+    elif not isinstance(value, RELOADABLE):
+        raise TypeError(f"{where} is a {type(value).__name__}, which a resume cannot reload "
+                        "(torch.load(weights_only=True)); keep tensors, numbers, strings, lists and dicts")
 
 
 def stage_name(index: int, name: str) -> str:
@@ -62,7 +85,7 @@ class RunDirectory:
         stored_file = self.path / "config.yaml"
         if not self.exists:
             raise RunDirError(f"{self.path}: not a run directory (no config.yaml)")
-        stored, current = yaml.safe_load(stored_file.read_text()), yaml.safe_load(config_yaml)
+        stored, current = with_defaults(yaml.safe_load(stored_file.read_text())), yaml.safe_load(config_yaml)
         differences = sorted(k for k in diff_keys(stored, current) if not k.startswith(RESULT_NEUTRAL_KEYS))
         if differences:
             raise RunDirError(
@@ -86,6 +109,8 @@ class RunDirectory:
         return self.path / "stages" / stage_name(index, name)
 
     def save_stage(self, index: int, name: str, pool, callback_states: dict[str, Any]) -> None:
+        for key, state in callback_states.items():
+            check_reloadable(state, f"callback {key!r} state_dict()")
         with atomic_path(self.stage_dir(index, name)) as staged:
             (staged / "adapters").mkdir(parents=True)
             pool.save(staged / "adapters")
@@ -102,6 +127,15 @@ class RunDirectory:
 
     def save_matrix(self, doc: dict[str, Any]) -> None:
         write_json(self.matrix_file, doc)
+
+
+def with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored config with the keys the schema has gained since filled in at their defaults (a run made before a
+    key existed ran as its default says), or as stored where it no longer fits the schema."""
+    try:
+        return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(ExperimentConfig), stored))
+    except OmegaConfBaseException:
+        return stored
 
 
 def diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:

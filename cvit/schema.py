@@ -91,12 +91,26 @@ class DataSchema:
 
 
 @dataclass
+class OptimizerSchema:
+    class_path: str = "torch.optim.AdamW"  # any torch.optim.Optimizer (see cvit/optimization.py)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # its own arguments; lr, weight_decay come from train.*
+
+
+@dataclass
+class ScheduleSchema:
+    name: str = "cosine"  # a transformers.get_scheduler name, per optimizer step, warmup train.warmup_ratio
+    kwargs: dict[str, Any] = field(default_factory=dict)  # the schedule's own arguments (e.g. min_lr_rate)
+
+
+@dataclass
 class TrainSchema:
     lr: float = 2e-4
     epochs: int = 1
     max_steps: int = -1  # per task; -1 = run the epochs
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
+    optimizer: OptimizerSchema = field(default_factory=OptimizerSchema)
+    schedule: ScheduleSchema = field(default_factory=ScheduleSchema)
     grad_clip: float = 1.0
     accumulate_grad_batches: int = 1
     precision: str = "32-true"  # Lightning precision, e.g. bf16-mixed on a GPU

@@ -14,6 +14,7 @@ from cvit.eval.mif import MIF_RULES
 from cvit.eval.scorers import SCORER_NAMES, SCORINGS
 from cvit.model.build import DTYPES, FAMILIES, QUANTIZATIONS
 from cvit.model.prompting import CHAT_FORMATS
+from cvit.optimization import check_optimization
 
 MODES = ("sequential", "joint", "zeroshot")
 # model.family -> the `model_type` of a Hugging Face folder of that family (its config.json)
@@ -98,3 +99,4 @@ def validate_config(cfg: DictConfig, sources: Sources) -> None:
             raise ConfigError(f"{sources.of(key)}: key '{key}': must be >= 1")
     if cfg.train.lr <= 0:
         raise ConfigError(f"{sources.of('train.lr')}: key 'train.lr': must be > 0")
+    check_optimization(cfg, sources)

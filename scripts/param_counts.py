@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import torch
 from cvit.callbacks.smolora import DEFAULT_TARGETS
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 from cvit.methods.allocation import DynamicAllocator
+from cvit.model.build import FAMILIES
 from cvit.model.mixing import decoder_layer_index, lora_layers
+from cvit.model.pool import AdapterPool
 from cvit.model.smolora import FUSION_HEADS, GATES, SMoLoRAOptions, SMoLoRAType
 from cvit.schema import LANGUAGE_MODEL_LINEARS
 
@@ -33,27 +35,29 @@ LLAVA_15_7B = LlavaConfig(  # llava-hf/llava-1.5-7b-hf config.json
 M = 1e6
 
 
+def pool_at_7b(lora: LoraConfig, layer=None) -> AdapterPool:
+    """The kit's adapter pool (LoRA on the language model's linears, the trained projector) on a meta-device
+    LLaVA-1.5-7B: counted with the same accounting as a run's matrix.json `parameters`."""
+    with torch.device("meta"):
+        return AdapterPool(LlavaForConditionalGeneration(LLAVA_15_7B), lora, FAMILIES["llava"].projector, layer)
+
+
 def lora_counts(rank: int) -> tuple[int, int, int]:
     """(one LoRA over every target, its part in the top decoder layer, the multimodal projector)."""
-    with torch.device("meta"):
-        model = LlavaForConditionalGeneration(LLAVA_15_7B)
-        peft = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=LANGUAGE_MODEL_LINEARS))
-    layers = lora_layers(peft)
+    pool = pool_at_7b(LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=LANGUAGE_MODEL_LINEARS))
+    layers = lora_layers(pool.peft)
     top = max(i for i in map(decoder_layer_index, layers) if i is not None)
-    total = sum(p.numel() for n, p in peft.named_parameters() if "lora_" in n)
-    in_top = sum(p.numel() for n, p in peft.named_parameters()
-                 if "lora_" in n and decoder_layer_index(n) == top)
-    projector = sum(p.numel() for p in model.model.multi_modal_projector.parameters())
-    return total, in_top, projector
+    in_top = {name for name in layers if decoder_layer_index(name) == top}
+    return pool.parameter_count(["default"]), pool.parameter_count(["default"], in_top), pool.projector_size
 
 
 def proglora(tasks: int = 8) -> None:
-    block, _, _ = lora_counts(16)
-    with torch.device("meta"):
-        allocator = DynamicAllocator(4096)
-        allocator.add_key()
-    projector = sum(p.numel() for p in allocator.projector.parameters())
-    key = allocator.keys[0].numel()
+    pool = pool_at_7b(LoraConfig(r=16, lora_alpha=32, target_modules=LANGUAGE_MODEL_LINEARS))
+    block = pool.parameter_count(["default"])
+    allocator = pool.add_extra("allocation", DynamicAllocator(4096))
+    projector = pool.extras_size  # the dynamic allocator's projector, before any key
+    allocator.add_key()
+    key = pool.extras_size - projector
     print("ProgLoRA at LLaVA-1.5-7B shapes, rank 16 per block (paper, Table 13: 42M trainable in the pool)")
     print(f"{'task':>4} | {'static trainable':>16} | {'static stored':>13} | {'dynamic trainable':>17} | "
           f"{'dynamic stored':>14}")
@@ -77,15 +81,14 @@ def hide(tasks: int = 6) -> None:
 
 
 def smolora() -> None:
-    with torch.device("meta"):
-        model = LlavaForConditionalGeneration(LLAVA_15_7B)
-        layer = SMoLoRAType(SMoLoRAOptions(8), r=128, alpha=256, target_modules=DEFAULT_TARGETS["llava"])
-        peft = get_peft_model(model, layer.configure(LoraConfig()))
+    layer = SMoLoRAType(SMoLoRAOptions(8), r=128, alpha=256, target_modules=DEFAULT_TARGETS["llava"])
+    pool = pool_at_7b(LoraConfig(), layer)
     parts = {"experts (A, B)": ("lora_A", "lora_B"), "gates": GATES, "fusion heads": FUSION_HEADS}
-    counts = {part: sum(p.numel() for n, p in peft.named_parameters() if any(f".{m}." in n for m in names))
-              for part, names in parts.items()}
-    in_projector = sum(p.numel() for n, p in peft.named_parameters() if "lora_" in n and "multi_modal_projector" in n)
-    total = sum(counts.values())
+    counts = {part: pool.parameter_count(["default"], parts=names) for part, names in parts.items()}
+    on_projector = {name for name in lora_layers(pool.peft) if "multi_modal_projector" in name}
+    in_projector = pool.parameter_count(["default"], on_projector)
+    total = pool.parameter_count(["default"])
+    assert total == sum(counts.values()), "a part of the SMoLoRA layer is not counted"
     print("\nSMoLoRA at LLaVA-1.5-7B shapes: 8 experts of rank 16 on gate/up/down_proj and the projector's two "
           "linears (the paper's count is not in the kit's folder)")
     for part, count in counts.items():

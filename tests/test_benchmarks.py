@@ -11,11 +11,16 @@ from PIL import Image
 from cvit.cli import main
 from cvit.config import load_config
 from cvit.data.stream import build_tasks
-from cvit.eval.mif import following_rate, follows, mean_following
+from cvit.eval.mif import following_verdicts, follows, mean_following
 from cvit.validate import validate_benchmark
+from tests.conftest import CONFIGS
 
-SPECS = sorted(Path("configs/benchmark").glob("*.yaml"))
-COIN = Path("configs/benchmark/coin.yaml")
+SPECS = sorted((CONFIGS / "benchmark").glob("*.yaml"))  # absolute: the same cases from any working folder
+COIN = CONFIGS / "benchmark" / "coin.yaml"
+
+
+def test_every_shipped_spec_is_collected():
+    assert {p.stem for p in SPECS} >= {"coin", "ucit", "cvit", "synthetic"}
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
@@ -35,7 +40,7 @@ def test_published_orders_and_unseen_tasks():
     coin, _ = load_config([COIN], sections=("benchmark",))
     assert list(coin.benchmark.orders.alphabet) == [
         "gqa", "grounding", "imagenet", "ocrvqa", "scienceqa", "textvqa", "vizwiz", "vqav2"]
-    cvit, sources = load_config(["configs/benchmark/cvit.yaml"], sections=("benchmark",))
+    cvit, sources = load_config([CONFIGS / "benchmark" / "cvit.yaml"], sections=("benchmark",))
     _, unseen = build_tasks(cvit.benchmark, sources)
     assert [t.name for t in unseen] == ["vizwiz", "textcaps", "ocrvqa", "places365"]
     assert {t.name: t.mif for t in unseen} == {
@@ -121,10 +126,10 @@ def test_mif_rules(rule, output, references, expected):
 
 
 def test_mif_rates_and_mean():
-    assert following_rate("letter", ["A", "B.", "C", "no"], [["A"]] * 4) == 50.0
-    assert following_rate("none", ["A"], [["A"]]) is None
-    assert mean_following({"a": 50.0, "b": 100.0, "c": None}) == 75.0
-    assert mean_following({"c": None}) is None
+    assert following_verdicts("letter", ["A", "B.", "C", "no"], [["A"]] * 4) == [True, False, True, False]
+    assert following_verdicts("none", ["A"], [["A"]]) is None
+    assert mean_following([50.0, 100.0, None]) == 75.0
+    assert mean_following([None]) is None
 
 
 def test_continual_run_on_a_coin_shaped_root_reports_mif_and_protocol(tmp_path, tiny_model_dir):

@@ -149,3 +149,31 @@ def test_class_path_callbacks_and_two_owners_are_rejected(small_config, tmp_path
     cfg, sources = small_config(files=[bad])
     with pytest.raises(ConfigError, match=r"not a ContinualCallback subclass"):
         ContinualRun(cfg, sources).prepare()
+
+
+class Typo(ContinualCallback):
+    owns = ("adapter-pool",)  # not a Shared thing: it would never clash with the real owner
+
+
+def test_owning_something_that_is_not_shared_is_refused(small_config, tmp_path):
+    typo = write(tmp_path, "typo.yaml", "callbacks:\n  t: {class_path: 'tests.test_config:Typo'}\n")
+    cfg, sources = small_config(files=[typo])
+    with pytest.raises(ConfigError, match=r"typo\.yaml: key 'callbacks\.t': Typo\.owns names 'adapter-pool'; shared "
+                                          r"things are adapter_pool, router, adapter_layer"):
+        ContinualRun(cfg, sources).prepare()
+
+
+def test_a_class_path_module_is_found_beside_its_yaml(small_config, tmp_path):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "beside_yaml_cb.py").write_text(
+        "from cvit.callbacks.base import ContinualCallback\n\nclass Mine(ContinualCallback):\n    pass\n")
+    mine = write(folder, "mine.yaml", "callbacks:\n  m: {class_path: 'beside_yaml_cb:Mine'}\n")
+    cfg, sources = small_config(files=[mine])
+    run = ContinualRun(cfg, sources)
+    run.prepare()
+    assert type(run.callbacks["m"]).__name__ == "Mine"
+    missing = write(folder, "missing.yaml", "callbacks:\n  m: {class_path: 'nowhere_cb:Mine'}\n")
+    cfg, sources = small_config(files=[missing])
+    with pytest.raises(ConfigError, match=r"missing\.yaml: key 'callbacks\.m\.class_path': cannot import"):
+        ContinualRun(cfg, sources).prepare()

@@ -109,3 +109,47 @@ def test_instructions_follow_the_template_variant(small_config):
     used = {text.split("\n", 1)[1] for text in texts}
     assert used <= templates and len(used) > 1
     assert run.datamodule.instructions(task) == texts
+
+
+def coin_tasks(variant: str, spec: str = "coin"):
+    from cvit.config import load_config
+    from cvit.data.stream import build_tasks
+    from tests.conftest import CONFIGS
+
+    cfg, sources = load_config([CONFIGS / "benchmark" / f"{spec}.yaml"], [f"benchmark.templates={variant}"],
+                               sections=("benchmark",))
+    stream, _ = build_tasks(cfg.benchmark, sources)
+    return {task.name: task for task in stream}
+
+
+def test_released_instructions_are_stripped_and_another_variants_put_back():
+    from types import SimpleNamespace
+
+    from cvit.data.datasets import record_prompt
+
+    coin, ucit = coin_tasks("10type"), coin_tasks("origin", "ucit")
+    science = "Context: A magnet.\nQuestion: Which pole?\nOptions: (A) north (B) south"
+    cases = [  # (task, the question as the release ships it, the bare question)
+        (coin["scienceqa"], f"{science}\nAnswer with the option's letter from the given choices directly.", science),
+        (coin["textvqa"], "what is written on the sign?\nAnswer the question using a single word or phrase.",
+         "what is written on the sign?"),
+        (coin["grounding"], "Please provide the bounding box coordinate of the region this sentence describes: "
+         "the man on the left", "the man on the left"),
+        (ucit["imagenet_r"], "What is the object in the image?\nAnswer the question using a single word or phrase.",
+         "What is the object in the image?"),
+    ]
+    for task, shipped, bare in cases:
+        templates = set()
+        for uid in range(200):  # a template drawn per record id, seeded
+            instruction, template = record_prompt(SimpleNamespace(uid=str(uid), question=shipped), task.templates,
+                                                  0, task.known_templates)
+            assert template in task.templates
+            expected = template.replace("{question}", bare) if "{question}" in template else f"{bare}\n{template}"
+            assert instruction == expected, (task.name, instruction)
+            templates.add(template)
+        assert len(templates) == len(task.templates) or len(task.templates) == 1
+    # as_is: the shipped text stays, and its template is recognised for instruction-matching methods
+    as_is = coin_tasks("as_is")["textvqa"]
+    shipped = cases[1][1]
+    assert record_prompt(SimpleNamespace(uid="0", question=shipped), (), 0, as_is.known_templates) == \
+        (shipped, "Answer the question using a single word or phrase.")

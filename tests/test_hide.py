@@ -10,13 +10,17 @@ import pytest
 import torch
 from cvit.callbacks.hide import routing_weights
 
-from cvit.analysis.cka import analyze_run, linear_cka
+from cvit.analysis.cka import analyze_run, cka_matrices, linear_cka
 from cvit.loop import ContinualRun
 from cvit.model.mixing import decoder_layer_index, lora_layers
 from tests.conftest import CONFIGS
 from tests.test_loop import straight_and_resumed
 
 HIDE = [CONFIGS / "method" / "hide.yaml"]
+# counted by hand on the tiny LLaVA (Llama 128 x 4 layers, MLP 256; CLIP 64): a rank-8 LoRA holds 8 (in + out) per
+# Linear, so a decoder layer's q, k, v, o (128 -> 128), gate, up (128 -> 256) and down (256 -> 128) hold
+# 4 * 8 * 256 + 2 * 8 * 384 + 8 * 384 = 17408; the projector Linear(64, 128) + Linear(128, 128) with biases 24832
+LORA_PER_LAYER, LAYERS, PROJECTOR = 17408, 4, 24832
 THREE = ("benchmark.order=[colour_mc,count_vqa,grounding]", "train.max_steps=3", "eval.unseen=false",
          "callbacks.hide.anchor_samples=16")
 
@@ -34,12 +38,18 @@ def test_routing_weights_on_hand_made_anchors():
 def test_linear_cka_by_hand():
     torch.manual_seed(0)
     x, y = torch.randn(10, 4), torch.randn(10, 3)
-    assert linear_cka(x, x) == pytest.approx(1.0)
-    assert linear_cka(x, 3 * x + 1) == pytest.approx(1.0)  # invariant to scale and shift
+    rotation, _ = torch.linalg.qr(torch.randn(4, 4))
+    assert linear_cka(x, 3 * x @ rotation + 1) == pytest.approx(1.0)  # invariant to rotation, scale and shift
+    assert linear_cka(x, x @ torch.diag(torch.tensor([1.0, 1.0, 1.0, 10.0]))) < 0.9  # not to stretching one axis
     xc, yc = (x - x.mean(0)).double(), (y - y.mean(0)).double()
     kx, ky = xc @ xc.T, yc @ yc.T  # App. B: linear kernels, HSIC = tr(K_X K_Y) / (n-1)^2
     hsic = lambda a, b: torch.trace(a @ b) / 81  # noqa: E731
     assert linear_cka(x, y) == pytest.approx(float(hsic(kx, ky) / torch.sqrt(hsic(kx, kx) * hsic(ky, ky))))
+    z = torch.randn(10, 5)
+    matrices = cka_matrices([[x, z], [y, x[:, :2]], [x + 0.1 * y[:, :1], z]])  # 3 models, 2 layers
+    assert matrices.shape == (2, 3, 3) and np.allclose(matrices, matrices.transpose(0, 2, 1))
+    assert matrices[0, 0, 1] == pytest.approx(linear_cka(x, y)) and matrices[1, 1, 2] == pytest.approx(
+        linear_cka(x[:, :2], z))
 
 
 def lora_delta(layer, adapter: str) -> torch.Tensor:
@@ -83,9 +93,7 @@ def test_hide_fuses_lower_layers_and_mixes_top_layer_experts(small_config, tmp_p
         assert torch.allclose(other(x), expected_rest, atol=1e-5)
     # parameters loaded at inference: the fused LoRA below the top, every expert at the top
     params = json.loads((run_dir / "matrix.json").read_text())["parameters"]
-    per_expert_top = module.pool.parameter_count(["default"], set(top))
-    fused_rest = module.pool.parameter_count(["fused"], set(rest))
-    assert params[-1]["inference"] == fused_rest + 3 * per_expert_top + module.pool.projector_size
+    assert params[-1]["inference"] == (LAYERS - 1) * LORA_PER_LAYER + 3 * LORA_PER_LAYER + PROJECTOR
 
     # the CKA analysis of the run: one task-by-task matrix per decoder layer, 1 on the diagonal
     out = analyze_run(run_dir, samples=4)
@@ -133,19 +141,22 @@ def test_layouts_load_their_parameters(small_config, layout):
     run = ContinualRun(cfg, sources)
     run_dir = run.run()
     pool = run.module.pool
-    one = pool.parameter_count(["default"])
-    top = {n for n in lora_layers(pool.peft) if decoder_layer_index(n) == 3}
-    at_top = pool.parameter_count(["default"], top)
+    one, at_top = LAYERS * LORA_PER_LAYER, LORA_PER_LAYER
     expected = {"merge_all": one, "merge_all_but_top": one, "expand_all": 2 * one,
                 "expand_all_but_top": 2 * (one - at_top) + at_top}[layout]
     inference = json.loads((run_dir / "matrix.json").read_text())["parameters"][-1]["inference"]
-    assert inference == expected + pool.projector_size
+    assert inference == expected + PROJECTOR
+    assert pool.parameter_count(["default"]) == one and pool.projector_size == PROJECTOR
     assert ("fused" in pool.names) == (layout != "expand_all")
-    assert pool.parameter_count(["default"], top) < one
 
 
-def test_hide_resumes_with_anchors_and_experts(small_config):
-    straight_run, resumed_run = straight_and_resumed(small_config, THREE, HIDE, "grounding")
+@pytest.mark.parametrize("fusion", ["linear", "cat"])
+def test_hide_resumes_with_anchors_and_experts(small_config, fusion):
+    """`cat` stores the fused adapter at rank T r (another rank than the experts'): it must be rebuilt so on resume."""
+    straight_run, resumed_run = straight_and_resumed(small_config, (*THREE, f"callbacks.hide.fusion={fusion}"), HIDE,
+                                                     "grounding")
+    fused = next(iter(lora_layers(resumed_run.module.pool.peft).values())).lora_A["fused"].weight
+    assert fused.shape[0] == (8 * 3 if fusion == "cat" else 8)  # three tasks fused; the resume loaded two
     a, b = straight_run.callbacks["hide"].anchors, resumed_run.callbacks["hide"].anchors
     assert list(a) == list(b) and all(torch.equal(a[t][m], b[t][m]) for t in a for m in a[t])
     sa, sb = straight_run.module.model.state_dict(), resumed_run.module.model.state_dict()

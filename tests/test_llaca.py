@@ -292,3 +292,39 @@ def test_a_skipped_task_leaves_no_ema_state_for_the_next_and_resume_keeps_the_pr
                                                       {"adapter": "group1", "instructions": ["y"]}]},
                               "decisions": [{"task": "t0", "adapter": "default"}, {"task": "t1", "adapter": "group1"}]})
     assert grouping.adapter == "group1"
+
+
+class Trajectory(ContinualCallback):
+    """The EMA callback's tensors and its parameters after every optimizer step."""
+
+    def __init__(self, ema) -> None:
+        self.ema, self.rows, self.names = ema, [], []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.rows.append(([t.clone() for t in self.ema.ema.ema], [p.detach().clone() for p in self.ema.params]))
+        self.names = list(self.ema.names)
+
+
+def test_fixed_ema_through_the_callback_is_the_plain_ema_of_the_steps(small_config):
+    """configs/method/stable_ema.yaml (the README's fixed-decay row): ema_k = 0.99 ema_{k-1} + 0.01 theta_k after
+    every optimizer step, written back into the weights at the task's end."""
+    cfg, sources = small_config("benchmark.order=[count_vqa]", "data.batch_size=8", "train.max_steps=4",
+                                "eval.unseen=false", "run.name=stable", files=[CONFIGS / "method" / "stable_ema.yaml"])
+    run = ContinualRun(cfg, sources)
+    original = run.prepare
+
+    def prepare():
+        original()
+        run.callbacks["trajectory"] = Trajectory(run.callbacks["ema"])
+
+    run.prepare = prepare
+    run.run()
+    rows = run.callbacks["trajectory"].rows
+    assert len(rows) == 4
+    for (before, _), (after, params) in zip(rows[:-1], rows[1:], strict=True):
+        assert any(not torch.equal(a, p) for a, p in zip(after, params, strict=True))  # the EMA lags the weights
+        for old, new, param in zip(before, after, params, strict=True):
+            assert torch.allclose(new, 0.99 * old + 0.01 * param, atol=1e-7)
+    trained = dict(run.module.named_parameters())
+    for name, value in zip(run.callbacks["trajectory"].names, rows[-1][0], strict=True):
+        assert torch.allclose(trained[name], value.to(trained[name].dtype)), name

@@ -130,6 +130,30 @@ def test_every_hook_is_reached_in_order_and_adapters_load_with_plain_peft(small_
     assert len(logs) >= 3  # one per task + the continual board
 
 
+class Pull(ContinualCallback):
+    """A loss term pulling every trainable LoRA B weight towards +1 (B starts at 0, so its gradient is -2 * 100
+    everywhere: it dominates the answer loss's)."""
+
+    def training_loss(self, module, batch, outputs):
+        terms = [(p - 1).pow(2).sum() for n, p in module.named_parameters() if "lora_B" in n and p.requires_grad]
+        return {"pull": 100 * torch.stack(terms).sum()}
+
+
+def test_a_callback_loss_term_changes_the_update(small_config):
+    weights = {}
+    for name, extra in (("plain", None), ("pulled", Pull())):
+        cfg, sources = small_config("benchmark.order=[colour_mc]", "train.max_steps=1", "eval.unseen=false",
+                                    f"run.name={name}")
+        run = ContinualRun(cfg, sources)
+        if extra is not None:
+            run.prepare = wrap_prepare(run, extra, "pull")
+        run.run()
+        weights[name] = {n: p.detach().clone() for n, p in run.module.named_parameters() if "lora_B" in n}
+    assert weights["plain"] and weights["plain"].keys() == weights["pulled"].keys()
+    for n, plain in weights["plain"].items():  # one AdamW step of lr along the term's sign: every entry up
+        assert torch.all(weights["pulled"][n] > 0) and not torch.equal(weights["pulled"][n], plain), n
+
+
 def test_replay_mixes_earlier_samples_by_reference(small_config, tmp_path):
     cfg, sources = small_config("benchmark.order=[colour_mc,count_vqa]", "train.max_steps=1",
                                 "callbacks.replay.size=5", files=[CONFIGS / "method" / "replay.yaml"])
@@ -246,3 +270,21 @@ def straight_and_resumed(small_config, overrides: tuple[str, ...], files, crash_
     assert json.loads((resumed.run_dir.path / "matrix.json").read_text())["matrix"] == \
         json.loads((straight.run_dir.path / "matrix.json").read_text())["matrix"]
     return straight, resumed
+
+
+class Unsaveable(ContinualCallback):
+    """A state torch.load(weights_only=True) would refuse at resume (an arbitrary object)."""
+
+    def state_dict(self):
+        return {"fine": [1, "a", torch.zeros(1)], "bad": {"thing": object()}}
+
+
+def test_a_state_a_resume_cannot_reload_is_refused_when_saved(small_config):
+    cfg, sources = small_config("benchmark.order=[colour_mc]", "train.max_steps=1", "eval.unseen=false",
+                                "run.name=unsaveable")
+    run = ContinualRun(cfg, sources)
+    run.prepare = wrap_prepare(run, Unsaveable(), "odd")
+    with pytest.raises(TypeError, match=r"callback 'odd' state_dict\(\)\['bad'\]\['thing'\] is a object"):
+        run.run()
+    assert not (run.run_dir.path / "stages" / "00_colour_mc").exists()  # no half-written stage
+    assert not (run.run_dir.path / "matrix.json").exists()  # nothing counts as completed

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cvit.errors import DataError
-from cvit.eval.metrics import continual_metrics, format_metrics, load_matrix
+from cvit.eval.metrics import continual_metrics, format_metrics, read_matrix_doc
 
 # A[j][i] = score on task i after training task j
 TRIANGULAR = [
@@ -102,7 +102,8 @@ def test_format_metrics_aligns_and_shows_none():
 def test_load_matrix(tmp_path):
     path = tmp_path / "m.json"
     path.write_text(json.dumps({"tasks": ["a", "b", "c"], "matrix": TRIANGULAR, "method": "x"}))
-    assert load_matrix(path) == (["a", "b", "c"], TRIANGULAR)
+    doc = read_matrix_doc(path)
+    assert (doc["tasks"], doc["matrix"], doc["method"]) == (["a", "b", "c"], TRIANGULAR, "x")
 
 
 @pytest.mark.parametrize(
@@ -123,13 +124,13 @@ def test_load_matrix_errors_name_the_file(tmp_path, content, message):
     path = tmp_path / "bad.json"
     path.write_text(content)
     with pytest.raises(DataError, match=message) as error:
-        load_matrix(path)
+        read_matrix_doc(path)
     assert str(path) in str(error.value)
 
 
 def test_load_missing_file(tmp_path):
     with pytest.raises(DataError, match="nope.json: cannot read"):
-        load_matrix(tmp_path / "nope.json")
+        read_matrix_doc(tmp_path / "nope.json")
 
 
 # ---- published matrices: ProgLoRA (arXiv 2025), appendix Tables 6-8, LLaVA-1.5-7B on CoIN ---------------

@@ -82,3 +82,19 @@ def test_row_weights_follow_the_branch_dtype_under_autocast():
         assert layer.scaling["a"].dtype == torch.bfloat16  # no float32 promotion of the residual stream
         model(torch.randn(2, 3, 6))
         assert layer.scaling["a"].dtype == torch.float32
+
+
+def test_an_error_inside_a_mixture_restores_adapters_scalings_and_hooks():
+    model = peft_with(["a", "b"])
+    layer = model.base_model.model.language_model.layers[0][0]
+    x = torch.randn(2, 3, 6)
+    before = layer(x)
+    try:
+        with mixed(model, {"a": torch.tensor([1.0, 0.0]), "b": 0.5}):
+            layer(x)
+            raise RuntimeError("inside the mixture")
+    except RuntimeError:
+        pass
+    assert layer.active_adapters == ["a"] and layer.scaling == {"a": 2.0, "b": 2.0}
+    assert not layer._forward_pre_hooks  # the row-weight hook is gone
+    assert torch.equal(layer(x), before)

@@ -9,7 +9,12 @@ from pathlib import Path
 def test_callbacks_folder_is_cvit_callbacks_and_no_top_level_callbacks(tmp_path):
     import cvit.callbacks
 
-    assert Path(cvit.callbacks.__file__).parent.name == "callbacks"
+    import cvit
+
+    # one source tree: both under the folder holding the package (the repository in an editable install,
+    # site-packages in a wheel's), never an installed copy of one beside the working tree's other
+    assert Path(cvit.callbacks.__file__).resolve().is_relative_to(Path(cvit.__file__).resolve().parents[1])
+    assert Path(cvit.callbacks.__file__).resolve().parent.name == "callbacks"
     # from a neutral directory (not the repository root), no top-level `callbacks` is importable
     code = "import importlib.util, cvit.callbacks; print(importlib.util.find_spec('callbacks') is None)"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)

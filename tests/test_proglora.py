@@ -30,7 +30,8 @@ def test_similarity_weights_on_hand_made_embeddings():
     assert similarity_weight(earlier, current) == pytest.approx(math.sqrt(0.5) * 1.0 * math.sqrt(0.5))
     opposite = embedding([-1.0, 0.0], [0.0, 1.0], [1.0, 1.0])
     assert similarity_weight(opposite, current) == 0.0  # a negative product is clamped to 0
-    assert similarity_weight(current, current) == pytest.approx(1.0)
+    scaled = {k: 3 * v for k, v in earlier.items()}  # cosines: the embeddings' norms do not count
+    assert similarity_weight(scaled, current) == pytest.approx(similarity_weight(earlier, current))
 
 
 def test_dynamic_allocation_recomputed_by_hand():
@@ -77,7 +78,9 @@ def test_static_pool_fuses_blocks_freezes_old_ones_and_sizes_replay(small_config
     assert len(weights) == 2 and all(0 <= w <= 1 for w in weights)
     # replay after the last task start: (1 - w) * phi samples of each earlier task, loss weight lambda
     expected = [round((1 - w) * 10) for w in weights]
+    assert sum(expected) > 0  # something is replayed: the checks below are not vacuous
     assert [len(indices) for _, indices, _ in run.datamodule.replay] == [c for c in expected if c]
+    assert len(run.datamodule.train_dataloader().dataset) == 32 + sum(expected)  # the stage trains on them
     assert all(weight == 2.0 for _, _, weight in run.datamodule.replay)
     assert list(recall.recalled["shape_cls"].values()) == expected
     # frozen blocks: only the newest block trains, and the earlier ones get no gradient
@@ -111,6 +114,36 @@ def test_static_pool_fuses_blocks_freezes_old_ones_and_sizes_replay(small_config
     block = params[0]["trainable"] - module.pool.projector_size  # one block, and the shared projector once
     assert [p["stored"] for p in params] == [block * k + module.pool.projector_size for k in (1, 2, 3)]
     assert [p["inference"] for p in params] == [p["stored"] for p in params]  # every block, the projector once
+
+
+@pytest.mark.parametrize(("switch", "uniform", "counts"), [
+    ("callbacks.pool.weights=uniform", True, "similarity"),  # Table 3's w = 1: recall still sized by similarity
+    ("callbacks.recall.counts=random", False, "random"),  # Table 3's random recall: phi from every earlier task
+    ("callbacks.recall.counts=none", False, "none"),  # no recall
+])
+def test_table3_switches_change_the_fusion_weight_or_the_recall(small_config, monkeypatch, switch, uniform, counts):
+    import cvit.callbacks.progressive_pool as progressive_pool
+
+    # the tiny model's task similarities are near 0 (random features), where (1 - w) phi = phi hides the switches
+    monkeypatch.setattr(progressive_pool, "similarity_weight", lambda earlier, current: 0.5)
+    cfg, sources = small_config("benchmark.order=[colour_mc,count_vqa]", "train.max_steps=1", "eval.unseen=false",
+                                "callbacks.recall.phi=10", "callbacks.pool.embedding_samples=16", switch,
+                                f"run.name={counts}", files=STATIC)
+    run = ContinualRun(cfg, sources)
+    run.run()
+    module, pool, dm = run.module, run.callbacks["pool"], run.datamodule
+    [w] = pool.similarity["count_vqa"]
+    assert w == 0.5
+    recalled = {"similarity": 5, "random": 10, "none": 0}[counts]
+    assert run.callbacks["recall"].recalled["count_vqa"] == {"colour_mc": recalled}
+    assert [len(indices) for _, indices, _ in dm.replay] == ([recalled] if recalled else [])
+    name, layer = next(iter(lora_layers(module.pool.peft).items()))
+    x = torch.randn(1, 3, layer.in_features)
+    fused = 1.0 if uniform else w
+    expected = layer.base_layer(x) + x @ (fused * lora_delta(layer, "default") + lora_delta(layer, "block1")).T
+    [(_, context)] = module.router.route(dm.collator.eval_batch([dm.test_set(dm.tasks["count_vqa"])[0]]))
+    with context:
+        assert torch.allclose(layer(x), expected, atol=1e-6)
 
 
 def test_dynamic_pool_resumes_with_its_keys_projector_and_recall_buffer(small_config):
@@ -186,3 +219,51 @@ def test_mixture_gradients_are_the_same_with_gradient_checkpointing(small_config
     assert plain.keys() == checkpointed.keys()
     assert all(torch.allclose(plain[n], checkpointed[n], atol=1e-6) for n in plain)
     assert torch.any(plain["extras.allocation.keys.1"] != 0)
+
+
+def two_task_run(small_config, files, name: str, *extra: str) -> ContinualRun:
+    cfg, sources = small_config("benchmark.order=[colour_mc,count_vqa]", "train.max_steps=1", "eval.unseen=false",
+                                "callbacks.recall.phi=4", "callbacks.pool.embedding_samples=8", f"run.name={name}",
+                                *extra, files=files)
+    run = ContinualRun(cfg, sources)
+    run.run()
+    with torch.no_grad():  # B matrices away from zero, so every block's share shows in the output
+        for n, p in run.module.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn_like(p) * 0.05)
+    return run
+
+
+def test_dynamic_allocation_mixes_each_row_with_its_own_weights(small_config):
+    run = two_task_run(small_config, DYNAMIC, "dynamic-rows")
+    module, dm = run.module, run.datamodule
+    items = [dm.test_set(dm.tasks["colour_mc"])[0], dm.test_set(dm.tasks["count_vqa"])[0]]
+    batch = dm.collator.eval_batch(items)
+    with torch.no_grad():
+        rows = module.router.allocate(module.router.pooled(batch["instructions"]))
+    assert rows.shape == (2, 2) and not torch.allclose(rows[0], rows[1])  # the two instructions weigh differently
+    [(indices, context)] = module.router.route(batch)  # one group: the weights are per row, in one forward
+    assert indices == [0, 1]
+    name, layer = next(iter(lora_layers(module.pool.peft).items()))
+    x = torch.randn(2, 3, layer.in_features)
+    with torch.no_grad(), context:
+        got = layer(x)
+    for i in range(2):
+        mixture = rows[i, 0] * lora_delta(layer, "default") + rows[i, 1] * lora_delta(layer, "block1")
+        assert torch.allclose(got[i], layer.base_layer(x[i]) + x[i] @ mixture.T, atol=1e-5)
+
+
+def test_static_routing_sends_an_unseen_task_to_the_latest_fused_block(small_config):
+    run = two_task_run(small_config, STATIC, "static-unseen", "eval.unseen=true")
+    module, dm = run.module, run.datamodule
+    w = run.callbacks["pool"].similarity["count_vqa"][0]
+    items = [dm.test_set(dm.tasks["colour_mc"])[0], dm.test_set(dm.tasks["side_vqa"])[0]]
+    groups = module.router.route(dm.collator.eval_batch(items))
+    assert [rows for rows, _ in groups] == [[0], [1]]
+    name, layer = next(iter(lora_layers(module.pool.peft).items()))
+    x = torch.randn(1, 3, layer.in_features)
+    own = layer.base_layer(x) + x @ lora_delta(layer, "default").T  # colour_mc: its own block alone
+    latest = layer.base_layer(x) + x @ (w * lora_delta(layer, "default") + lora_delta(layer, "block1")).T
+    for (_, context), expected in zip(groups, (own, latest), strict=True):
+        with torch.no_grad(), context:
+            assert torch.allclose(layer(x), expected, atol=1e-5)

@@ -40,7 +40,7 @@ class ProjectorProbe(ContinualCallback):
         self.task = task.name
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        grads = [p.grad for p in module.pool.projector_parameters().values()]
+        grads = [p.grad for p in module.pool.projector.values()]
         self.grads[self.task] = all(g is not None for g in grads) and any(bool(torch.any(g != 0)) for g in grads)
 
 
@@ -79,7 +79,7 @@ def test_projector_learning_rate_is_its_own_parameter_group(small_config):
     run.prepare()
     run.load_model()
     groups = run.module.parameter_groups()
-    projector = {id(p) for p in run.module.pool.projector_parameters().values()}
+    projector = {id(p) for p in run.module.pool.projector.values()}
     assert [g["lr"] for g in groups] == [0.01, 1e-3]
     assert {id(p) for p in groups[1]["params"]} == projector and len(projector) == 4
     assert not projector & {id(p) for p in groups[0]["params"]}

@@ -44,6 +44,14 @@ def lora_after_validation_and_backward(run, module, task_name: str = "count_vqa"
     return lora
 
 
+def test_cpu_repacking_is_off_on_every_4bit_layer(qlora):
+    """The guard itself, on any CPU: bitsandbytes sets the flag from the CPU (True on avx512-bf16 ones), the loader
+    must clear it on every layer. The gradient test below shows the symptom only where the CPU repacks."""
+    _, module = qlora
+    layers = [m for m in module.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and not any(layer.support_avx512bf16_for_cpu for layer in layers)
+
+
 def test_lora_gradients_survive_a_validation_pass(qlora):
     lora = lora_after_validation_and_backward(*qlora)
     # lora_B starts at zero, so only its gradients are non-zero at the first step

@@ -167,8 +167,10 @@ def test_collator_labels_cover_exactly_the_answer_and_end_token(qwen):
     collator = Collator(processor, "qwen2_vl", max_length=512)
     items = [
         {"image": Image.new("RGB", (32, 32)), "instruction": "Name the shape .", "answer": "It is a circle .",
-         "loss_weight": 1.0},
-        {"image": Image.new("RGB", (32, 32)), "instruction": "Count .", "answer": "two", "loss_weight": 2.0},
+         "loss_weight": 1.0,
+         "template": "", "task": "t"},
+        {"image": Image.new("RGB", (32, 32)), "instruction": "Count .", "answer": "two", "loss_weight": 2.0,
+         "template": "", "task": "t"},
     ]
     batch = collator.train_batch(items)
     tokenizer = processor.tokenizer
@@ -189,7 +191,8 @@ def test_collated_train_batch_feeds_the_model(qwen):
 
     model, processor = qwen
     batch = Collator(processor, "qwen2_vl", max_length=512).train_batch(
-        [{"image": Image.new("RGB", (32, 32)), "instruction": "Count .", "answer": "two", "loss_weight": 1.0}]
+        [{"image": Image.new("RGB", (32, 32)), "instruction": "Count .", "answer": "two", "loss_weight": 1.0,
+         "template": "", "task": "t"}]
     )
     inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
     image_tokens = (inputs["input_ids"] == model.config.image_token_id).long()

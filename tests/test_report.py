@@ -18,7 +18,7 @@ DOC = {
         "t2": {"01_t2": {"score": 90.0, "bleu1": 55.5, "cider": 90.0}},
     },
     "method": "seqlora", "benchmark": "synthetic", "scorers": {"t1": "choice", "t2": "caption"},
-    "completed": 2, "stream": ["t1", "t2"],
+    "completed": 2, "stages": ["t1", "t2"],
 }
 
 
@@ -68,7 +68,7 @@ def test_rewrite_leaves_no_temporaries(tmp_path):
 
 def test_incomplete_run_without_optional_keys(tmp_path):
     doc = {"tasks": ["t1", "t2", "t3"], "matrix": [[70.0]], "method": "seqlora", "benchmark": "b",
-           "stream": ["t1", "t2", "t3"], "completed": 1}
+           "stages": ["t1", "t2", "t3"], "completed": 1}
     write_doc(tmp_path, doc)
     text = write_report(tmp_path).read_text()
     assert "1 of 3 stages completed (an incomplete run)." in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -388,3 +389,23 @@ def test_caption_raw_cider_follows_smolora():
     assert official["cider"] == pytest.approx(500.0)
     lenient = get_scorer("caption", caption_metric="cider_raw", scoring="lenient").score(predictions, references)
     assert lenient["score"] == pytest.approx(500.0) and lenient["cider_raw"] == pytest.approx(250.0)
+
+
+def test_caption_metrics_pinned_on_a_case_checked_by_hand():
+    """'a b c' against the one reference 'a b d e' (COCOEvalCap's definitions):
+    BLEU: clipped n-gram precisions 2/3 and 1/2, brevity penalty exp(1 - 4/3) (prediction shorter than the
+    reference): BLEU-1 = 0.71653 * 2/3, BLEU-2 = 0.71653 * sqrt(2/3 * 1/2); no 3-gram matches: BLEU-3 ~ 0.
+    ROUGE-L: LCS 2, P = 2/3, R = 2/4, F = (1 + 1.2^2) P R / (R + 1.2^2 P) = 0.55708.
+    METEOR 1.5 ('dog runs' against 'dog runs fast grass': exact matches, one chunk, content words): P 1, R 1/2,
+    Fmean = P R / (0.85 P + 0.15 R) = 0.54054, penalty 0.6 (1 chunk / 2 matches)^0.2 = 0.52233,
+    METEOR = (1 - 0.52233) * 0.54054 = 0.25820."""
+    scorer = get_scorer("caption")
+    scores = scorer.score(["a b c"], [["a b d e"]])
+    brevity = math.exp(1 - 4 / 3)
+    assert scores["bleu1"] == pytest.approx(100 * brevity * 2 / 3, abs=1e-3)
+    assert scores["bleu2"] == pytest.approx(100 * brevity * math.sqrt(2 / 3 * 1 / 2), abs=1e-3)
+    assert scores["bleu3"] == pytest.approx(0.0, abs=1e-2)
+    assert scores["rouge_l"] == pytest.approx(100 * 2.44 * (2 / 3) * 0.5 / (0.5 + 1.44 * 2 / 3), abs=1e-3)
+    fmean = 0.5 / (0.85 + 0.15 * 0.5)
+    meteor = (1 - 0.6 * 0.5 ** 0.2) * fmean
+    assert scorer.score(["dog runs"], [["dog runs fast grass"]])["meteor"] == pytest.approx(100 * meteor, abs=0.05)

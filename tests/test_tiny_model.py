@@ -5,7 +5,7 @@ from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from cvit.data.collate import IGNORE_INDEX, Collator
-from cvit.model.tiny import build_word_tokenizer
+from cvit.model.tiny import build_tiny_llava, build_word_tokenizer, save_model
 from cvit.synthetic.lexicon import split_words
 
 
@@ -45,9 +45,11 @@ def test_synthetic_records_have_no_unknown_words(synthetic_root):
                 assert tokenizer.unk_token_id not in tokenizer(text, add_special_tokens=False)["input_ids"], text
 
 
-def test_save_and_reload_gives_the_same_model(tiny_model_dir):
-    model = LlavaForConditionalGeneration.from_pretrained(tiny_model_dir)
-    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+def test_save_and_reload_gives_the_same_model(tmp_path):
+    built, _ = build_tiny_llava()
+    folder = save_model(tmp_path / "tiny", built, build_tiny_llava()[1])
+    model = LlavaForConditionalGeneration.from_pretrained(folder)
+    processor = AutoProcessor.from_pretrained(folder)
     assert type(model.model.language_model).__name__ == "LlamaModel"
     assert type(model.model.vision_tower).__name__ == "CLIPVisionModel"
     image = Image.new("RGB", (32, 32), (200, 10, 10))
@@ -55,9 +57,13 @@ def test_save_and_reload_gives_the_same_model(tiny_model_dir):
                        return_tensors="pt")
     image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
     assert int((inputs["input_ids"] == image_token).sum()) == 16  # (32 / 8)^2 image tokens
-    again = LlavaForConditionalGeneration.from_pretrained(tiny_model_dir)
+    built.eval()
+    with torch.no_grad():  # the reloaded model is the one that was saved, not merely one load of it twice
+        assert torch.equal(model(**inputs).logits, built(**inputs).logits)
+    other, _ = build_tiny_llava(seed=1)
+    other.eval()
     with torch.no_grad():
-        assert torch.equal(model(**inputs).logits, again(**inputs).logits)
+        assert not torch.equal(model(**inputs).logits, other(**inputs).logits)
 
 
 def test_labels_cover_exactly_the_answer_and_end_token(tiny_model_dir):
@@ -65,8 +71,10 @@ def test_labels_cover_exactly_the_answer_and_end_token(tiny_model_dir):
     collator = Collator(processor, "llava", max_length=512)
     image = Image.new("RGB", (32, 32))
     items = [
-        {"image": image, "instruction": "Name the shape .", "answer": "It is a circle .", "loss_weight": 1.0},
-        {"image": image, "instruction": "Count .", "answer": "two", "loss_weight": 2.0},
+        {"image": image, "instruction": "Name the shape .", "answer": "It is a circle .", "loss_weight": 1.0,
+         "template": "", "task": "t"},
+        {"image": image, "instruction": "Count .", "answer": "two", "loss_weight": 2.0,
+         "template": "", "task": "t"},
     ]
     batch = collator.train_batch(items)
     tokenizer = processor.tokenizer

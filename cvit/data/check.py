@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig
-from PIL import Image
 
+from cvit.data.datasets import image_problem
 from cvit.data.records import parse_test, parse_train, read_json_records
 from cvit.errors import DataError
 
@@ -24,18 +24,6 @@ class SplitCheck:
     expected: int | None = None
     images_ok: int = 0
     problems: list[str] = field(default_factory=list)
-
-
-def image_problem(path: Path) -> str | None:
-    """None if `path` decodes, else why not."""
-    if not path.is_file():
-        return f"image not found: {path}"
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except (OSError, SyntaxError, ValueError) as err:  # PIL raises all three on corrupt files
-        return f"unreadable image {path}: {err}"
-    return None
 
 
 def check_split(task: str, split: str, file: Path, root: Path, expected: int | None, tolerance: float) -> SplitCheck:

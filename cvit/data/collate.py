@@ -15,11 +15,10 @@ TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
 def text_fields(items: list[dict[str, Any]]) -> dict[str, list]:
     """Per-row texts and images that routing methods read (never given to the model): `instructions`,
-    `templates` (the format instruction alone; the instruction when an item has none), `tasks` (task names,
-    "" when unknown) and `images` (PIL)."""
+    `templates` (the format instruction alone), `tasks` (task names) and `images` (PIL)."""
     return {"instructions": [item["instruction"] for item in items],
-            "templates": [item.get("template", item["instruction"]) for item in items],
-            "tasks": [item.get("task", "") for item in items], "images": [item["image"] for item in items]}
+            "templates": [item["template"] for item in items], "tasks": [item["task"] for item in items],
+            "images": [item["image"] for item in items]}
 
 
 class Collator:

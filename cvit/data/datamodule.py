@@ -9,13 +9,13 @@ once the model exists.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import lightning as L
-from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from cvit.data.collate import Collator
-from cvit.data.datasets import TestSet, TrainSet, record_prompt
+from cvit.data.datasets import TestSet, TrainSet, image_problem, record_prompt
 from cvit.data.records import TestRecord, TrainRecord, load_test, load_train
 from cvit.data.sampler import ResumableSampler
 from cvit.data.stream import Task
@@ -58,13 +58,8 @@ class ContinualDataModule(L.LightningDataModule):
         Returns the number checked; DataError listing up to 10 unreadable files otherwise."""
         records = [r for rs in self.train_records.values() for r in rs]
         records += [r for rs in self.test_records.values() for r in rs]
-        bad = []
-        for record in records:
-            try:
-                with Image.open(record.image) as image:
-                    image.load()
-            except (OSError, SyntaxError, ValueError) as err:  # PIL raises all three on corrupt files
-                bad.append(f"record {record.uid}: {record.image}: {err}")
+        bad = [f"record {record.uid}: {problem}" for record in records
+               if (problem := image_problem(Path(record.image))) is not None]
         if bad:
             raise DataError(f"{len(bad)} unreadable image(s):\n  " + "\n  ".join(bad[:10]))
         return len(records)

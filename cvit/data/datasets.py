@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -13,14 +13,29 @@ from torch.utils.data import Dataset
 
 from cvit.errors import DataError
 from cvit.model.prompting import instruction_text
+from cvit.seeding import keyed_random
+
+PIL_ERRORS = (OSError, SyntaxError, ValueError)  # PIL raises all three on corrupt files
 
 
 def load_image(path, uid: str) -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except OSError as err:
+    except PIL_ERRORS as err:
         raise DataError(f"record {uid}: unreadable image {path}: {err}") from None
+
+
+def image_problem(path: Path) -> str | None:
+    """None if the image at `path` decodes, else why not."""
+    if not path.is_file():
+        return f"image not found: {path}"
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except PIL_ERRORS as err:
+        return f"unreadable image {path}: {err}"
+    return None
 
 
 def _words(text: str) -> str:
@@ -60,7 +75,7 @@ def record_prompt(record, templates: tuple[str, ...], seed: int, known: tuple[st
     carries, else the whole question."""
     if not templates:
         return instruction_text(record.question, None), split_template(record.question, known)[1] or record.question
-    template = templates[random.Random(f"{seed}/{record.uid}").randrange(len(templates))]
+    template = templates[keyed_random(seed, record.uid).randrange(len(templates))]
     return instruction_text(strip_instruction(record.question, known), template), template
 
 

@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.data import Sampler
 
+from cvit.seeding import seeded_generator
+
 
 class ResumableSampler(Sampler[int]):
     """Indices 0..size-1 in a permutation seeded by (seed, epoch), so every epoch's order can be
@@ -15,7 +17,7 @@ class ResumableSampler(Sampler[int]):
     the dataloader before it restores the loops). Lightning calls `set_epoch` at each epoch start.
     `len` stays the full size so step-based schedules are sized as in an uninterrupted run."""
 
-    def __init__(self, size: int, seed: int, already_seen: Callable[[], int] = lambda: 0) -> None:
+    def __init__(self, size: int, seed: int, already_seen: Callable[[], int]) -> None:
         self.size, self.seed = size, seed
         self.epoch = 0
         self.already_seen: Callable[[], int] | None = already_seen
@@ -24,7 +26,7 @@ class ResumableSampler(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = seeded_generator(self.seed, self.epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
         start = self.already_seen() if self.already_seen is not None else 0
         self.already_seen = None

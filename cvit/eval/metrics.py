@@ -13,6 +13,7 @@ from statistics import fmean
 from typing import Any
 
 from cvit.errors import DataError
+from cvit.eval.mif import mean_following
 
 METRIC_LABELS = {
     "last": "Last (ACC)", "maa": "MAA", "bwt": "BWT", "forgetting": "Forgetting", "new_acc": "New.ACC",
@@ -115,12 +116,6 @@ def read_matrix_doc(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-def load_matrix(path: str | Path) -> tuple[list[str], list[list[float]]]:
-    """(tasks, matrix) from a JSON file {"tasks": [...], "matrix": [[...], ...]}; see `read_matrix_doc`."""
-    doc = read_matrix_doc(path)
-    return doc["tasks"], doc["matrix"]
-
-
 def run_metrics(doc: dict[str, Any], exclude_scorers: tuple[str, ...] = ()) -> dict[str, float | None]:
     """Metrics of a run's matrix.json document: the continual metrics for a sequential run; for a
     single-stage run (zero-shot, joint), whose one row scores every task, only `last` is defined.
@@ -131,8 +126,7 @@ def run_metrics(doc: dict[str, Any], exclude_scorers: tuple[str, ...] = ()) -> d
     if not doc["matrix"] or not [i for i in columns if i < len(doc["matrix"][-1])]:
         return undefined  # no stage completed yet, or no selected task evaluated yet
     rates = (doc.get("mif") or [[]])[-1]
-    judged = [rates[i] for i in columns if i < len(rates) and rates[i] is not None]
-    mif = {"mif": fmean(judged) if judged else None}  # SMoLoRA's MIF over the trained tasks, latest stage
+    mif = {"mif": mean_following(rates[i] for i in columns if i < len(rates))}  # SMoLoRA's: trained tasks, latest
     if doc.get("mode", "sequential") == "sequential":
         denominator = (doc.get("protocol") or {}).get("bwt_denominator", "T-1")
         metrics = continual_metrics(

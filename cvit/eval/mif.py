@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from statistics import fmean
 
 from cvit.eval.items import checked_items
@@ -55,13 +55,7 @@ def following_verdicts(rule: str, outputs: Sequence[str], references: Sequence[S
     return [follows(rule, out, refs) for out, refs in checked_items(outputs, references)]
 
 
-def following_rate(rule: str, outputs: Sequence[str], references: Sequence[Sequence[str]]) -> float | None:
-    """100 x the share of `outputs` that follow `rule`; None for rule "none"."""
-    verdicts = following_verdicts(rule, outputs, references)
-    return None if verdicts is None else 100 * fmean(verdicts)
-
-
-def mean_following(rates: dict[str, float | None]) -> float | None:
-    """MIF: the mean of the judged tasks' rates; None if no task is judged."""
-    judged = [rate for rate in rates.values() if rate is not None]
+def mean_following(rates: Iterable[float | None]) -> float | None:
+    """MIF: the mean of the judged tasks' rates (None: a task not judged); None if no task is judged."""
+    judged = [rate for rate in rates if rate is not None]
     return fmean(judged) if judged else None

@@ -153,7 +153,7 @@ class DynamicEMA:
         self.ema, self.prev_params, self.prev_grads = (
             [t.to(device) for t in state[key]] for key in ("ema", "prev_params", "prev_grads")
         )
-        self.set_units(list(state.get("units", range(len(self.ema)))), device)  # older checkpoints: per tensor
+        self.set_units(list(state["units"]), device)
 
     def clear(self) -> None:
         self.ema, self.prev_params, self.prev_grads = [], [], []

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from cvit.seeding import seeded_generator
+
 POLICIES = ("quota", "reservoir", "similarity")
 
 
@@ -38,12 +40,9 @@ class ReplayMemory:
         self.slots: list[tuple[str, int]] = []  # reservoir: (task, index) per slot
         self.seen = 0  # reservoir: training records offered so far
 
-    def generator(self, task_index: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + task_index)
-
     def store(self, task: str, task_index: int, records: int) -> None:
         """Offer the `records` training records of a finished task (the `task_index`-th of the stream)."""
-        generator = self.generator(task_index)
+        generator = seeded_generator(self.seed, task_index)
         if self.policy != "reservoir":
             self.kept[task] = torch.randperm(records, generator=generator)[: self.size].tolist()
             return

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from cvit.errors import ConfigError
+from cvit.seeding import seeded_generator
 
 if TYPE_CHECKING:
     from cvit.module import ContinualModule
@@ -156,7 +157,7 @@ def mean_embeddings(encoder: FeatureEncoder, dataset, samples: int, seed: int,
                     modalities: tuple[str, ...] = ("image", "instruction", "answer")) -> dict[str, torch.Tensor]:
     """A task's mean image / instruction / answer features over up to `samples` items of `dataset` (a TrainSet;
     drawn without replacement, seeded), each [d] float32 on the CPU."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     chosen = torch.randperm(len(dataset), generator=generator)[:samples].tolist()
     items = [dataset[i] for i in chosen]
     encode = {"image": encoder.images, "instruction": encoder.texts, "answer": encoder.texts}

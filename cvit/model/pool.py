@@ -28,6 +28,12 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from safetensors.torch import load_file, save_file
 
 DEFAULT_ADAPTER = "default"
+
+
+def indexed_adapter(index: int, prefix: str) -> str:
+    """The name of the `index`-th adapter of a per-task (or per-block) method: the pool's initial adapter, then
+    `<prefix><index>`."""
+    return DEFAULT_ADAPTER if index == 0 else f"{prefix}{index}"
 PROJECTOR_FILE = "projector.safetensors"
 
 
@@ -78,10 +84,6 @@ class AdapterPool:
         self.restored_extras: dict[str, torch.Tensor] = {}  # loaded weights of extras not created yet
         self.set_trainable(self.trainable)
 
-    def projector_parameters(self) -> dict[str, torch.nn.Parameter]:
-        """The trained projector's parameters by their name in the base model (empty when it is frozen)."""
-        return self.projector
-
     def projector_side(self) -> list[torch.nn.Parameter]:
         """Every parameter inside the trained projector: its own weights and any adapter parts on its linears (the
         LLaVA trainer's `mm_projector_lr` group, which SMoLoRA's released scripts use, takes them by that name)."""
@@ -103,15 +105,18 @@ class AdapterPool:
         if restored:
             module.load_state_dict(restored)
 
-    def parameter_count(self, adapters: list[str] | None = None, layers: set[str] | None = None) -> int:
+    def parameter_count(self, adapters: list[str] | None = None, layers: set[str] | None = None,
+                        parts: tuple[str, ...] | None = None) -> int:
         """Parameters of `adapters` (default: every adapter, every extra and the trained projector) in the LoRA
-        layers named in `layers` (default: all)."""
+        layers named in `layers` (default: all), counting the adapter sub-modules named in `parts` (e.g.
+        ("lora_A", "lora_B"); default: all of them)."""
         total = 0
         for name, param in self.peft.named_parameters():
             if not any(f".{a}." in name for a in (self.names if adapters is None else adapters)):
                 continue
-            if "lora_" in name:
-                total += param.numel() if layers is None or name.rsplit(".lora_", 1)[0] in layers else 0
+            chosen = "lora_" in name if parts is None else any(f".{part}." in name for part in parts)
+            if chosen and (layers is None or name.rsplit(".lora_", 1)[0] in layers):
+                total += param.numel()
         if adapters is None:
             total += self.extras_size + self.projector_size
         return total
@@ -124,7 +129,7 @@ class AdapterPool:
     @property
     def projector_size(self) -> int:
         """Parameters of the trained projector (0 when it is frozen)."""
-        return sum(p.numel() for p in self.projector_parameters().values())
+        return sum(p.numel() for p in self.projector.values())
 
     @property
     def names(self) -> list[str]:
@@ -138,6 +143,14 @@ class AdapterPool:
         if init_from is not None:
             self.copy(init_from, name)
         self.set_trainable(self.trainable)
+
+    def train_only(self, name: str, init_from: str | None = None, active: list[str] | None = None) -> None:
+        """Make `name` the one adapter that trains (added first if the pool lacks it, see `add`) and `active` (default:
+        `name` alone) the ones the forward sums: a task's start in every per-task or per-group method."""
+        if name not in self.names:
+            self.add(name, init_from)
+        self.set_active(active or [name])
+        self.set_trainable([name])
 
     def fuse(self, name: str, adapters: list[str], weights: list[float], combination: str) -> None:
         """(Re)create adapter `name` as peft's `add_weighted_adapter` of `adapters` with `weights`:
@@ -176,7 +189,7 @@ class AdapterPool:
             for name, param in self.peft.named_parameters():
                 if any(f".{part}." in name for part in self.frozen_parts):
                     param.requires_grad_(False)
-        for param in self.projector_parameters().values():  # peft freezes every non-adapter weight it meets
+        for param in self.projector.values():  # peft freezes every non-adapter weight it meets
             param.requires_grad_(True)
         self.trainable = list(names)
 
@@ -202,7 +215,7 @@ class AdapterPool:
             save_file({k: v.detach().cpu().contiguous() for k, v in self.extras.state_dict().items()},
                       out_dir / "extras.safetensors")
         if self.projector:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.projector_parameters().items()},
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.projector.items()},
                       out_dir / PROJECTOR_FILE)
 
     def load(self, in_dir: Path) -> None:
@@ -224,13 +237,13 @@ class AdapterPool:
             set_peft_model_state_dict(self.peft, weights, adapter_name=sub.name)
         if self.projector:
             self.load_projector(in_dir / PROJECTOR_FILE)
-        self.frozen_parts = meta.get("frozen_parts", [])
+        self.frozen_parts = meta["frozen_parts"]
         self.set_active(meta["active"])
         self.set_trainable(meta["trainable"])
 
     def load_projector(self, path: Path) -> None:
         """Copy a saved projector's weights into the trained projector."""
-        weights, params = load_file(path), self.projector_parameters()
+        weights, params = load_file(path), self.projector
         if set(weights) != set(params):
             raise ValueError(f"{path}: holds {sorted(weights)}, the projector has {sorted(params)}")
         with torch.no_grad():

@@ -11,11 +11,11 @@ Layout under OUT_DIR (image paths in records are relative to OUT_DIR):
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cvit.atomic import atomic_path
+from cvit.seeding import keyed_random
 from cvit.synthetic.tasks import TASKS, Sample, base_sample
 
 
@@ -41,7 +41,7 @@ def make_synthetic(out_dir: str | Path, sizes: SyntheticSizes = SyntheticSizes()
 
 
 def write_split(root: Path, task: str, split: str, count: int, seed: int, generate) -> None:
-    rng = random.Random(f"{seed}/{task}/{split}")
+    rng = keyed_random(seed, task, split)
     image_dir = root / "images" / task
     image_dir.mkdir(parents=True, exist_ok=True)
     records = []
