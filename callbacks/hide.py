@@ -40,7 +40,7 @@ from cvit.errors import ConfigError
 from cvit.model.encoders import build_encoder, mean_embeddings, to_accelerator
 from cvit.model.mixing import layers_in, mixed
 from cvit.model.pool import indexed_adapter
-from cvit.model.routing import Router, RowGroups
+from cvit.model.routing import Router, RowGroups, whole_batch
 from cvit.registry import register_callback
 
 FUSED = "fused"
@@ -102,7 +102,7 @@ class DecouplingRouter(Router):
             yield
 
     def route(self, batch: dict[str, Any]) -> RowGroups:
-        return [(list(range(len(batch["input_ids"]))), self.mixing(batch))]
+        return whole_batch(batch, self.mixing(batch))
 
     def inference_parameters(self, pool) -> int:
         return sum(pool.parameter_count(adapters, set(layers)) for adapters, layers, _ in self.parts())

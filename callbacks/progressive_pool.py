@@ -31,7 +31,7 @@ from cvit.methods.allocation import DynamicAllocator, max_pool, similarity_weigh
 from cvit.model.encoders import build_encoder, mean_embeddings, to_accelerator, token_embeddings
 from cvit.model.mixing import mixed
 from cvit.model.pool import indexed_adapter
-from cvit.model.routing import Router, RowGroups, rows_by_key
+from cvit.model.routing import Router, RowGroups, rows_by_key, whole_batch
 from cvit.registry import register_callback
 
 ALLOCATOR = "allocation"  # the dynamic allocator's name among the pool's extras
@@ -88,7 +88,7 @@ class AllocationRouter(Router):
 
     def route(self, batch: dict[str, Any]) -> RowGroups:
         if self.allocator is not None:
-            return [(list(range(len(batch["input_ids"]))), self.mixing(batch))]
+            return whole_batch(batch, self.mixing(batch))
         return [(rows, self.mixing(batch, task)) for task, rows in rows_by_key(batch["tasks"]).items()]
 
 

@@ -33,7 +33,7 @@ from cvit.errors import ConfigError
 from cvit.methods.instruction_embeddings import InstructionEmbeddings, require_sentence_model
 from cvit.methods.smolora_routing import SMoLoRARouter
 from cvit.methods.smolora_stats import RoutingStats
-from cvit.model.build import FAMILIES
+from cvit.model.build import model_class
 from cvit.model.encoders import to_accelerator
 from cvit.model.smolora import GATES, RoutingContext, SMoLoRAOptions, SMoLoRAType, attach
 from cvit.registry import register_callback
@@ -50,9 +50,7 @@ MODEL_FAMILY = {"llava": "llava", "qwen2_vl": "qwen2_vl"}
 def check_targets(model_config: Any, pattern: str, key: str) -> None:
     """Every module `pattern` matches (peft's full match on module names) is a Linear, and one at least: checked on
     the model built on the meta device (no weights)."""
-    import transformers
-
-    cls = getattr(transformers, FAMILIES[MODEL_FAMILY[model_config.model_type]].model_class)
+    cls = model_class(MODEL_FAMILY[model_config.model_type])
     with torch.device("meta"):
         model = cls(model_config)
     matched = {name: m for name, m in model.named_modules() if re.fullmatch(pattern, name)}

@@ -18,7 +18,7 @@ from cvit.atomic import atomic_path
 from cvit.data.collate import Collator
 from cvit.data.datasets import TrainSet
 from cvit.data.records import load_train
-from cvit.model.build import FAMILIES, load_processor
+from cvit.model.build import load_processor, model_class
 from cvit.module import answer_loss, model_inputs
 from cvit.seeding import seeded_generator
 
@@ -28,10 +28,8 @@ def base_train(
     batch_size: int = 32, seed: int = 0, family: str = "llava",
 ) -> Path:
     """Train `model_dir` on `data_root/base/train.json` for `steps` steps; save to `out_dir` atomically."""
-    import transformers
-
     torch.manual_seed(seed)
-    model = getattr(transformers, FAMILIES[family].model_class).from_pretrained(model_dir)
+    model = model_class(family).from_pretrained(model_dir)
     processor = load_processor(family, model_dir)
     records = load_train(data_root / "base" / "train.json", data_root)
     loader = DataLoader(

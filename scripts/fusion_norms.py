@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
-from cvit.model.mixing import decoder_layer_index
+from cvit.model.mixing import decoder_layer_index, top_decoder_layer
 
 
 def adapter_deltas(folder: Path) -> dict[str, torch.Tensor]:
@@ -38,7 +38,7 @@ def main() -> None:
     stage = sorted((run_dir / "stages").iterdir())[-1] / "adapters"
     experts = [adapter_deltas(p) for p in sorted(stage.iterdir()) if p.is_dir() and p.name != "fused"]
     fused = adapter_deltas(stage / "fused")
-    top = max(decoder_layer_index(layer) for layer in fused)
+    top = top_decoder_layer(fused)
     rows = []
     for layer in (name for name in fused if decoder_layer_index(name) != top):
         norm = base[layer.removeprefix("base_model.model.") + ".weight"].norm()

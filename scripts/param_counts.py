@@ -17,7 +17,7 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 from cvit.methods.allocation import DynamicAllocator
 from cvit.model.build import FAMILIES
-from cvit.model.mixing import decoder_layer_index, lora_layers
+from cvit.model.mixing import decoder_layer_index, lora_layers, top_decoder_layer
 from cvit.model.pool import AdapterPool
 from cvit.model.smolora import FUSION_HEADS, GATES, SMoLoRAOptions, SMoLoRAType
 from cvit.schema import LANGUAGE_MODEL_LINEARS
@@ -46,7 +46,7 @@ def lora_counts(rank: int) -> tuple[int, int, int]:
     """(one LoRA over every target, its part in the top decoder layer, the multimodal projector)."""
     pool = pool_at_7b(LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=LANGUAGE_MODEL_LINEARS))
     layers = lora_layers(pool.peft)
-    top = max(i for i in map(decoder_layer_index, layers) if i is not None)
+    top = top_decoder_layer(layers)
     in_top = {name for name in layers if decoder_layer_index(name) == top}
     return pool.parameter_count(["default"]), pool.parameter_count(["default"], in_top), pool.projector_size
 

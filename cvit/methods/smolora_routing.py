@@ -19,7 +19,7 @@ import torch
 
 from cvit.data.collate import IGNORE_INDEX
 from cvit.methods.instruction_embeddings import InstructionEmbeddings
-from cvit.model.routing import Router, RowGroups
+from cvit.model.routing import Router, RowGroups, whole_batch
 from cvit.model.smolora import RoutingContext
 
 
@@ -57,4 +57,4 @@ class SMoLoRARouter(Router):
         cached step routes on its own token)."""
         context = self.context.inputs(self.instruction(batch), batch["attention_mask"].bool(), segments(batch),
                                       fix_vu=self.routing == "paper")
-        return [(list(range(len(batch["input_ids"]))), context)]
+        return whole_batch(batch, context)

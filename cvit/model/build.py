@@ -27,6 +27,13 @@ FAMILIES = {
     "qwen2_vl": Family("Qwen2VLForConditionalGeneration", ("model.visual", "lm_head"), "merger"),
 }
 QUANTIZATIONS = ("none", "nf4", "int8")
+
+
+def model_class(family_name: str) -> type:
+    """The transformers class of a model family (e.g. LlavaForConditionalGeneration)."""
+    import transformers
+
+    return getattr(transformers, FAMILIES[family_name].model_class)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -66,14 +73,11 @@ def load_mllm(
     family_name: str, path: str, quantization: str, compute_dtype: str, gradient_checkpointing: bool
 ):
     """(model, processor) from a local folder; quantized models are prepared for k-bit training."""
-    import transformers
-
     family = FAMILIES[family_name]
     if not Path(path).is_dir():
         raise ConfigError(f"key 'model.path': model folder not found: {path}")
     dtype = DTYPES[compute_dtype]
-    model_class = getattr(transformers, family.model_class)
-    model = model_class.from_pretrained(
+    model = model_class(family_name).from_pretrained(
         path, dtype=dtype, quantization_config=quantization_config(quantization, dtype, family)
     )
     processor = load_processor(family_name, path)

@@ -45,6 +45,11 @@ def decoder_layer_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def top_decoder_layer(names) -> int:
+    """The highest decoder-layer index among module `names` (those outside decoder layers ignored)."""
+    return max(i for i in map(decoder_layer_index, names) if i is not None)
+
+
 def layers_in(model: torch.nn.Module, decoder_layers: Iterable[int] | None) -> list[str]:
     """Names of the LoRA layers in the given decoder layers (all LoRA layers when None)."""
     names = list(lora_layers(model))

@@ -14,10 +14,15 @@ from typing import Any
 RowGroups = list[tuple[list[int], AbstractContextManager]]
 
 
+def whole_batch(batch: dict[str, Any], context: AbstractContextManager) -> RowGroups:
+    """One group: every row of `batch` under `context` (per-row weights, or one setting for all)."""
+    return [(list(range(len(batch["input_ids"]))), context)]
+
+
 class Router:
     def route(self, batch: dict[str, Any]) -> RowGroups:
         """Generation: (row indices, context) groups covering every row of `batch` once."""
-        return [(list(range(len(batch["input_ids"]))), nullcontext())]
+        return whole_batch(batch, nullcontext())
 
     def training(self, batch: dict[str, Any]) -> AbstractContextManager:
         """The context of a training forward on `batch`."""
