@@ -54,13 +54,14 @@ def cmd_validate(args: argparse.Namespace) -> None:
 def cmd_metrics(args: argparse.Namespace) -> None:
     from cvit.errors import DataError
     from cvit.eval.metrics import continual_metrics, format_metrics, read_matrix_doc, run_metrics
+    from cvit.run_document import RunDocument
 
     doc = read_matrix_doc(args.matrix)
     try:
         if args.reference:
             metrics = continual_metrics(doc["matrix"], reference_scores(doc, read_matrix_doc(args.reference)))
-        else:
-            metrics = run_metrics(doc)  # a run's single-stage (joint, zero-shot) matrix has only `last`
+        else:  # a run's matrix.json or a hand-written {tasks, matrix}; a single-stage run has only `last`
+            metrics = run_metrics(RunDocument.of_matrix(doc))
     except ValueError as err:
         raise DataError(f"{args.matrix}: {err}") from None
     print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics))

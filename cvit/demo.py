@@ -15,6 +15,7 @@ from cvit.loop import ContinualRun
 from cvit.model.tiny import save_tiny_llava
 from cvit.pretrain import base_train
 from cvit.report import markdown_table, metrics_table
+from cvit.run_document import RunDocument
 from cvit.rundir import RunDirectory
 from cvit.synthetic.writer import make_synthetic, read_manifest
 
@@ -57,14 +58,14 @@ def run_method(method: str, work: Path, configs: Path, data: Path, model: Path, 
     return run.run(resume=run.run_dir.exists)  # a finished run returns at once, a stopped one continues
 
 
-def parameters_table(docs: dict[str, dict]) -> str:
+def parameters_table(docs: dict[str, RunDocument]) -> str:
     """A row per method: the last stage's adapter parameter counts and the run's time (the sum of its completed
     stages' train + evaluation seconds)."""
     rows = []
     for method, doc in docs.items():
-        last = doc["parameters"][-1]
+        last = doc.parameters[-1]
         counts = [f"{last[k]:,}" for k in ("trainable", "stored", "inference")]
-        rows.append([method, *counts, f"{sum(doc['seconds']):.0f}"])
+        rows.append([method, *counts, f"{sum(doc.seconds):.0f}"])
     return markdown_table(["method", "trainable", "stored", "inference", "seconds"], rows)
 
 

@@ -14,7 +14,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -29,6 +28,7 @@ from cvit.evaluate import evaluate_tasks, evaluation_trainer
 from cvit.inflight import AtomicCheckpointIO, inflight_callback, inflight_file
 from cvit.provenance import run_setup
 from cvit.registry import build_callbacks
+from cvit.run_document import RunDocument
 from cvit.rundir import RunDirectory, stage_name
 from cvit.tensorboard_log import ContinualBoard
 from cvit.validate import validate_config
@@ -93,7 +93,7 @@ class ContinualRun:
             self.run_dir.check_resumable(config_yaml)
             self.run_dir.remove_stale_temporaries()
             doc = self.run_dir.load_matrix() or self.empty_matrix()
-            if doc["completed"] == len(self.stages):
+            if doc.completed == len(self.stages):
                 return self.run_dir.path  # nothing left to do: no model load
         else:
             self.run_dir.check_new()
@@ -101,7 +101,7 @@ class ContinualRun:
         self.load_model()  # before the run directory exists: a model that fails to load leaves nothing
         if not resume:
             self.run_dir.create(config_yaml)
-        start = doc["completed"]
+        start = doc.completed
         if start:
             self.restore(start - 1)
         board = ContinualBoard(self.run_dir.path / "tb" / "continual")
@@ -126,18 +126,15 @@ class ContinualRun:
             Collator(self.module.processor, model.family, model.max_length, model.chat_format)
         )
 
-    def empty_matrix(self) -> dict[str, Any]:
+    def empty_matrix(self) -> RunDocument:
         cfg = self.cfg
-        return {
-            "method": cfg.method.name, "mode": cfg.method.mode, "benchmark": cfg.benchmark.name,
-            "tasks": [t.name for t in self.stream], "stages": [s.name for s in self.stages],
-            "scorers": {t.name: t.scorer for t in self.stream + self.unseen},
-            "relaxed": cfg.eval.relaxed, "unseen_tasks": [t.name for t in self.datamodule.unseen],
-            "protocol": OmegaConf.to_container(cfg.benchmark.protocol), "setup": run_setup(cfg),
-            "matrix": [], "future": [], "unseen": [], "mif": [], "unseen_mif": [], "details": {}, "seconds": [],
-            "parameters": [],
-            "completed": 0,
-        }
+        return RunDocument(
+            tasks=[t.name for t in self.stream], method=cfg.method.name, mode=cfg.method.mode,
+            benchmark=cfg.benchmark.name, stages=[s.name for s in self.stages],
+            scorers={t.name: t.scorer for t in self.stream + self.unseen}, relaxed=cfg.eval.relaxed,
+            unseen_tasks=[t.name for t in self.datamodule.unseen],
+            protocol=OmegaConf.to_container(cfg.benchmark.protocol), setup=run_setup(cfg),
+        )
 
     def restore(self, index: int) -> None:
         stage = self.stages[index]
@@ -164,7 +161,7 @@ class ContinualRun:
             default_root_dir=self.run_dir.path, enable_model_summary=index == 0,
         )
 
-    def run_stage(self, index: int, doc: dict[str, Any]) -> None:
+    def run_stage(self, index: int, doc: RunDocument) -> None:
         stage, module, datamodule = self.stages[index], self.module, self.datamodule
         started = time.perf_counter()
         L.seed_everything(self.cfg.train.seed + index, workers=True, verbose=False)
@@ -182,17 +179,17 @@ class ContinualRun:
         self.run_dir.save_stage(
             index, stage.name, module.pool, {k: cb.state_dict() for k, cb in self.callbacks.items()}
         )
-        doc["matrix"].append(row["seen"])
-        doc["future"].append(row["future"])
-        doc["unseen"].append(row["unseen"])
-        doc["mif"].append(row["seen_mif"])
-        doc["unseen_mif"].append(row["unseen_mif"])
-        doc["seconds"].append(round(time.perf_counter() - started, 2))
-        doc["parameters"].append({
+        doc.matrix.append(row["seen"])
+        doc.future.append(row["future"])
+        doc.unseen.append(row["unseen"])
+        doc.mif.append(row["seen_mif"])
+        doc.unseen_mif.append(row["unseen_mif"])
+        doc.seconds.append(round(time.perf_counter() - started, 2))
+        doc.parameters.append({
             "trainable": trainable, "stored": module.pool.parameter_count(),
             "inference": module.router.inference_parameters(module.pool) + module.pool.projector_size,
         })
-        doc["completed"] = index + 1
+        doc.completed = index + 1
         self.run_dir.save_matrix(doc)
         shutil.rmtree(self.inflight_dir(index, stage), ignore_errors=True)
 
@@ -203,7 +200,7 @@ class ContinualRun:
         future = self.stream[index + 1:] if self.cfg.eval.future_tasks else []
         return self.stream[: index + 1], future
 
-    def evaluate_stage(self, index: int, stage: Stage, doc: dict[str, Any]) -> dict[str, list[float]]:
+    def evaluate_stage(self, index: int, stage: Stage, doc: RunDocument) -> dict[str, list[float]]:
         """Scores of the seen, future and unseen tasks after stage `index` (one predict call)."""
         seen, future = self.evaluated_tasks(index)
         groups = {"seen": seen, "future": future, "unseen": self.datamodule.unseen}
@@ -214,7 +211,7 @@ class ContinualRun:
         )
         for name, result in results.items():
             self.run_dir.save_predictions(index, stage.name, name, result.predictions)
-            doc["details"].setdefault(name, {})[stage_name(index, stage.name)] = result.scores
+            doc.details.setdefault(name, {})[stage_name(index, stage.name)] = result.scores
         row = {group: [round(results[t.name].scores["score"], 4) for t in tasks] for group, tasks in groups.items()}
         for group in ("seen", "unseen"):  # instruction following; None where a task is not judged
             row[f"{group}_mif"] = [

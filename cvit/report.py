@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 import numpy as np
@@ -11,9 +10,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cvit.atomic import write_text, write_with
-from cvit.eval.metrics import METRIC_LABELS, format_value, read_matrix_doc, run_metrics
+from cvit.eval.metrics import METRIC_LABELS, format_value, run_metrics
 from cvit.eval.mif import mean_following
 from cvit.provenance import setup_lines
+from cvit.run_document import RunDocument, read_run_document
 
 TABLE_METRICS = ("last", "maa", "bwt", "forgetting", "new_acc", "mif")
 
@@ -68,10 +68,9 @@ def heatmap_figure(
     return figure
 
 
-def row_labels(doc: dict[str, Any], count: int) -> list[str]:
-    """Row labels "after <stage>" for the first `count` stages ("stages", else "tasks")."""
-    stages = doc.get("stages") or doc["tasks"]
-    return [f"after {stage}" for stage in stages[:count]]
+def row_labels(doc: RunDocument, count: int) -> list[str]:
+    """Row labels "after <stage>" for the first `count` stages."""
+    return [f"after {stage}" for stage in doc.stages[:count]]
 
 
 def _score_table(columns: list[str], labels: list[str], rows: list[list[float]]) -> str:
@@ -80,34 +79,32 @@ def _score_table(columns: list[str], labels: list[str], rows: list[list[float]])
     return markdown_table(["", *columns], body)
 
 
-def _metrics_lines(doc: dict[str, Any]) -> list[str]:
-    mode = doc.get("mode", "sequential")
+def _metrics_lines(doc: RunDocument) -> list[str]:
     metrics = run_metrics(doc)
-    if mode == "sequential":
-        denominator = (doc.get("protocol") or {}).get("bwt_denominator", "T-1")
-        note = f"BWT is divided by {denominator}, Forgetting by T-1 (the tasks before the last)."
+    if doc.mode == "sequential":
+        note = (f"BWT is divided by {doc.protocol['bwt_denominator']}, Forgetting by T-1 (the tasks before the "
+                "last).")
     else:
-        note = f"A single-stage {mode} run: only Last is defined."
+        note = f"A single-stage {doc.mode} run: only Last is defined."
     header = ["metric", "all tasks"]
     columns = [metrics]
-    if "caption" in (doc.get("scorers") or {}).values():
+    if "caption" in doc.scorers.values():
         header.append("without captions")
         columns.append(run_metrics(doc, ("caption",)))
     body = [[METRIC_LABELS.get(key, key), *(format_value(c.get(key)) for c in columns)] for key in metrics]
     return ["## Continual metrics", "", markdown_table(header, body), "", note, ""]
 
 
-def _scorer_lines(doc: dict[str, Any]) -> list[str]:
-    scorers = doc.get("scorers") or {}
-    if not scorers:
+def _scorer_lines(doc: RunDocument) -> list[str]:
+    if not doc.scorers:
         return []
-    table = markdown_table(["task", "scorer"], [list(item) for item in scorers.items()], numeric=False)
-    relaxed = ["Relaxed matching is on for vqa, exact and classification.", ""] if doc.get("relaxed") else []
+    table = markdown_table(["task", "scorer"], [list(item) for item in doc.scorers.items()], numeric=False)
+    relaxed = ["Relaxed matching is on for vqa, exact and classification.", ""] if doc.relaxed else []
     return ["## Scorers", "", table, "", *relaxed]
 
 
-def _protocol_lines(doc: dict[str, Any]) -> list[str]:
-    protocol = doc.get("protocol") or {}
+def _protocol_lines(doc: RunDocument) -> list[str]:
+    protocol = doc.protocol
     labels = {"follows": "comparable with", "base_model": "base model", "caption_metric": "caption number",
               "bwt_denominator": "BWT divides by"}
     lines = [f"- {label}: {protocol[key]}" for key, label in labels.items() if protocol.get(key)]
@@ -115,11 +112,11 @@ def _protocol_lines(doc: dict[str, Any]) -> list[str]:
     return ["## Protocol", "", *lines, ""] if lines else []
 
 
-def _mif_lines(doc: dict[str, Any]) -> list[str]:
+def _mif_lines(doc: RunDocument) -> list[str]:
     """Instruction following (SMoLoRA's MIF) of the latest stage: per task and the mean."""
-    trained = (doc.get("mif") or [[]])[-1]  # the tasks evaluated at the latest stage, in stream order
-    unseen = (doc.get("unseen_mif") or [[]])[-1]
-    pairs = [*zip(doc["tasks"], trained, strict=False), *zip(doc.get("unseen_tasks") or [], unseen, strict=False)]
+    trained = (doc.mif or [[]])[-1]  # the tasks evaluated at the latest stage, in stream order
+    unseen = (doc.unseen_mif or [[]])[-1]
+    pairs = [*zip(doc.tasks, trained, strict=False), *zip(doc.unseen_tasks, unseen, strict=False)]
     judged = [(task, rate) for task, rate in pairs if rate is not None]
     if not judged:
         return []
@@ -129,16 +126,15 @@ def _mif_lines(doc: dict[str, Any]) -> list[str]:
     return ["## Instruction following (MIF) at the latest evaluation", "", table, "", means, ""]
 
 
-def _unseen_lines(doc: dict[str, Any]) -> list[str]:
-    tasks, rows = doc.get("unseen_tasks") or [], doc.get("unseen") or []
-    if not tasks or not any(rows):
+def _unseen_lines(doc: RunDocument) -> list[str]:
+    if not doc.unseen_tasks or not any(doc.unseen):
         return []
-    return ["## Unseen tasks", "", _score_table(tasks, row_labels(doc, len(rows)), rows), ""]
+    return ["## Unseen tasks", "", _score_table(doc.unseen_tasks, row_labels(doc, len(doc.unseen)), doc.unseen), ""]
 
 
-def _parameter_lines(doc: dict[str, Any]) -> list[str]:
+def _parameter_lines(doc: RunDocument) -> list[str]:
     """Adapter parameters per stage: trained in the stage, stored after it, loaded by inference after it."""
-    rows = doc.get("parameters") or []
+    rows = doc.parameters
     if not rows:
         return []
     body = [[label, *(f"{row[key]:,}" for key in ("trainable", "stored", "inference"))]
@@ -148,9 +144,9 @@ def _parameter_lines(doc: dict[str, Any]) -> list[str]:
             "projectors), not the frozen base model's.", "", table, ""]
 
 
-def _details_lines(doc: dict[str, Any]) -> list[str]:
+def _details_lines(doc: RunDocument) -> list[str]:
     lines = []
-    for task, stages in (doc.get("details") or {}).items():
+    for task, stages in doc.details.items():
         stage, scores = list(stages.items())[-1]
         extra = ", ".join(f"{key} {value:.2f}" for key, value in scores.items() if key != "score")
         if extra:
@@ -158,13 +154,13 @@ def _details_lines(doc: dict[str, Any]) -> list[str]:
     return ["## Scorer outputs at the latest evaluation", "", *lines, ""] if lines else []
 
 
-def report_markdown(doc: dict[str, Any], image: str | None) -> str:
-    """report.md's text for a matrix.json document; `image` is the heatmap's file name, if drawn."""
-    tasks, matrix = doc["tasks"], doc["matrix"]
-    total = len(doc.get("stages") or tasks)
+def report_markdown(doc: RunDocument, image: str | None) -> str:
+    """report.md's text for a run document; `image` is the heatmap's file name, if drawn."""
+    tasks, matrix = doc.tasks, doc.matrix
+    total = len(doc.stages)
     progress = f"{len(matrix)} of {total} stages completed" + (" (an incomplete run)" * (len(matrix) < total))
     lines = [
-        f"# {doc.get('method', 'unknown method')} on {doc.get('benchmark', 'unknown benchmark')}", "",
+        f"# {doc.method} on {doc.benchmark}", "",
         f"{progress}. Scores are 0-100 (caption tasks: CIDEr x100, which can exceed 100).", "",
     ]
     if matrix:
@@ -174,7 +170,7 @@ def report_markdown(doc: dict[str, Any], image: str | None) -> str:
         lines += _metrics_lines(doc)
     else:
         lines += ["No stage has completed yet.", ""]
-    lines += _mif_lines(doc) + _protocol_lines(doc) + setup_lines(doc.get("setup") or {}) + _scorer_lines(doc)
+    lines += _mif_lines(doc) + _protocol_lines(doc) + setup_lines(doc.setup) + _scorer_lines(doc)
     lines += _unseen_lines(doc) + _parameter_lines(doc)
     lines += _details_lines(doc)
     return "\n".join(lines).rstrip() + "\n"
@@ -184,11 +180,11 @@ def write_report(run_dir: Path) -> Path:
     """Write run_dir/report.md and (once a stage is done) run_dir/matrix.png from run_dir/matrix.json,
     each atomically; return the report's path. DataError if matrix.json is missing or invalid."""
     run_dir = Path(run_dir)
-    doc = read_matrix_doc(run_dir / "matrix.json")
+    doc = read_run_document(run_dir / "matrix.json")
     image = None
-    if doc["matrix"]:
-        title = f"{doc.get('method', '')} on {doc.get('benchmark', '')}"
-        figure = heatmap_figure(doc["tasks"], doc["matrix"], title, row_labels(doc, len(doc["matrix"])))
+    if doc.matrix:
+        title = f"{doc.method} on {doc.benchmark}"
+        figure = heatmap_figure(doc.tasks, doc.matrix, title, row_labels(doc, len(doc.matrix)))
         image = "matrix.png"
         write_with(run_dir / image, lambda path: figure.savefig(path, format="png", dpi=120))
     report = run_dir / "report.md"

@@ -1,7 +1,7 @@
 """The run directory: what a run leaves behind, written so a crash never corrupts it.
 
   config.yaml                  the resolved config (a resumed run must match it)
-  matrix.json                  accuracy matrix so far, per-task details; `completed` = stages done
+  matrix.json                  the run document (cvit/run_document.py): scores so far; `completed` = stages done
   stages/<k>_<name>/adapters/  every adapter of the pool after stage k (peft safetensors)
   stages/<k>_<name>/callbacks.pt  every callback's state_dict after stage k
   predictions/<k>_<name>/<task>.jsonl
@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cvit.atomic import atomic_path, write_json, write_text
 from cvit.errors import RunDirError
+from cvit.run_document import RunDocument, read_run_document
 from cvit.schema import ExperimentConfig
 
 # Keys that cannot change a run's results: a resumed run may differ in them.
@@ -102,8 +103,9 @@ class RunDirectory:
                 path.unlink(missing_ok=True)
         return stale
 
-    def load_matrix(self) -> dict[str, Any] | None:
-        return json.loads(self.matrix_file.read_text()) if self.matrix_file.is_file() else None
+    def load_matrix(self) -> RunDocument | None:
+        """The run document (matrix.json), or None before the first stage has completed."""
+        return read_run_document(self.matrix_file) if self.matrix_file.is_file() else None
 
     def stage_dir(self, index: int, name: str) -> Path:
         return self.path / "stages" / stage_name(index, name)
@@ -125,8 +127,8 @@ class RunDirectory:
         lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         write_text(self.path / "predictions" / stage_name(index, name) / f"{task}.jsonl", lines)
 
-    def save_matrix(self, doc: dict[str, Any]) -> None:
-        write_json(self.matrix_file, doc)
+    def save_matrix(self, doc: RunDocument) -> None:
+        write_json(self.matrix_file, doc.to_json())
 
 
 def with_defaults(stored: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import pytest
 
 from cvit.errors import DataError
 from cvit.report import heatmap_figure, metrics_table, write_report
+from cvit.run_document import RunDocument, read_run_document
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DOC = {
@@ -23,7 +24,9 @@ DOC = {
 
 
 def write_doc(run_dir, doc):
-    (run_dir / "matrix.json").write_text(json.dumps(doc))
+    """A full run document: `doc`'s keys over those of a sequential run with one stage per task."""
+    full = RunDocument(**{"stages": doc["tasks"], "protocol": {"bwt_denominator": "T-1"}, **doc})
+    (run_dir / "matrix.json").write_text(json.dumps(full.to_json()))
 
 
 def table_row(text: str, label: str) -> list[str]:
@@ -66,7 +69,7 @@ def test_rewrite_leaves_no_temporaries(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["matrix.json", "matrix.png", "report.md"]
 
 
-def test_incomplete_run_without_optional_keys(tmp_path):
+def test_incomplete_run(tmp_path):
     doc = {"tasks": ["t1", "t2", "t3"], "matrix": [[70.0]], "method": "seqlora", "benchmark": "b",
            "stages": ["t1", "t2", "t3"], "completed": 1}
     write_doc(tmp_path, doc)
@@ -96,10 +99,26 @@ def test_single_stage_joint_run(tmp_path):
 def test_missing_or_invalid_matrix_json(tmp_path):
     with pytest.raises(DataError, match="matrix.json: cannot read"):
         write_report(tmp_path)
-    write_doc(tmp_path, {"tasks": ["t1"], "matrix": [[1, 2]]})
+    (tmp_path / "matrix.json").write_text(json.dumps({"tasks": ["t1"], "matrix": [[1, 2]]}))
     with pytest.raises(DataError, match="matrix.json: matrix row 0 has 2 entries"):
         write_report(tmp_path)
     assert not (tmp_path / "report.md").exists()
+
+
+def test_the_run_document_is_typed_and_versioned(tmp_path):
+    write_doc(tmp_path, DOC)
+    path = tmp_path / "matrix.json"
+    stored = json.loads(path.read_text())
+    assert stored["version"] == 1 and read_run_document(path) == RunDocument.from_json(stored, path)
+    del stored["version"]  # written before documents carried a version: the first layout
+    path.write_text(json.dumps(stored))
+    assert read_run_document(path).version == 1
+    for change, message in (({"version": 2}, r"key 'version': run document layout 2; this kit reads up to 1"),
+                            ({"seconds": None}, r"missing key 'seconds'"), ({"extra": 1}, r"unknown key 'extra'")):
+        doc = {k: v for k, v in {**stored, **change}.items() if v is not None}
+        path.write_text(json.dumps(doc))
+        with pytest.raises(DataError, match=rf"matrix\.json: {message}"):
+            read_run_document(path)
 
 
 def test_heatmap_figure_annotates_present_cells():

@@ -105,7 +105,7 @@ def analyze_run(run_dir: Path, samples: int = 16) -> Path:
 
     run_dir = Path(run_dir)
     doc = RunDirectory(run_dir).load_matrix()
-    if doc is None or doc.get("mode") != "sequential" or doc["completed"] < 2:
+    if doc is None or doc.mode != "sequential" or doc.completed < 2:
         raise RunDirError(f"{run_dir}: CKA needs a sequential run with at least two completed stages")
     cfg, sources = load_config([run_dir / "config.yaml"], [f"data.max_test_samples={samples}"])
     run = ContinualRun(cfg, sources, run_dir)
@@ -113,11 +113,11 @@ def analyze_run(run_dir: Path, samples: int = 16) -> Path:
     run.load_model()
     module, datamodule = run.module, run.datamodule
     module.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-    tasks = [stage.task for stage in run.stages[: doc["completed"]]]
+    tasks = [stage.task for stage in run.stages[: doc.completed]]
     batches = [datamodule.collator.eval_batch([datamodule.test_set(t)[i] for i in range(len(datamodule.test_set(t)))])
                for t in tasks]
     features = []
-    for index, stage in enumerate(run.stages[: doc["completed"]]):
+    for index, stage in enumerate(run.stages[: doc.completed]):
         adapters = run.run_dir.stage_dir(index, stage.name) / "adapters"
         module.pool.load(adapters)
         for callback in run.callbacks.values():

@@ -14,6 +14,7 @@ from typing import Any
 
 from cvit.errors import DataError
 from cvit.eval.mif import mean_following
+from cvit.run_document import RunDocument
 
 METRIC_LABELS = {
     "last": "Last (ACC)", "maa": "MAA", "bwt": "BWT", "forgetting": "Forgetting", "new_acc": "New.ACC",
@@ -116,24 +117,21 @@ def read_matrix_doc(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-def run_metrics(doc: dict[str, Any], exclude_scorers: tuple[str, ...] = ()) -> dict[str, float | None]:
+def run_metrics(doc: RunDocument, exclude_scorers: tuple[str, ...] = ()) -> dict[str, float | None]:
     """Metrics of a run's matrix.json document: the continual metrics for a sequential run; for a
     single-stage run (zero-shot, joint), whose one row scores every task, only `last` is defined.
     `exclude_scorers` leaves out tasks scored that way (e.g. ("caption",): CIDEr x100 is not 0-100)."""
-    scorers = doc.get("scorers", {})
-    columns = [i for i, task in enumerate(doc["tasks"]) if scorers.get(task) not in exclude_scorers]
+    columns = [i for i, task in enumerate(doc.tasks) if doc.scorers.get(task) not in exclude_scorers]
     undefined = dict.fromkeys(("last", "maa", "bwt", "forgetting", "new_acc", "mif"))
-    if not doc["matrix"] or not [i for i in columns if i < len(doc["matrix"][-1])]:
+    if not doc.matrix or not [i for i in columns if i < len(doc.matrix[-1])]:
         return undefined  # no stage completed yet, or no selected task evaluated yet
-    rates = (doc.get("mif") or [[]])[-1]
+    rates = (doc.mif or [[]])[-1]
     mif = {"mif": mean_following(rates[i] for i in columns if i < len(rates))}  # SMoLoRA's: trained tasks, latest
-    if doc.get("mode", "sequential") == "sequential":
-        denominator = (doc.get("protocol") or {}).get("bwt_denominator", "T-1")
-        metrics = continual_metrics(
-            doc["matrix"], columns=[i for i in columns if i < len(doc["matrix"])], bwt_denominator=denominator
-        )
+    if doc.mode == "sequential":
+        metrics = continual_metrics(doc.matrix, columns=[i for i in columns if i < len(doc.matrix)],
+                                    bwt_denominator=doc.protocol.get("bwt_denominator", "T-1"))
         return {**metrics, **mif}
-    row = doc["matrix"][-1]
+    row = doc.matrix[-1]
     return {**undefined, "last": fmean(row[i] for i in columns), **mif}
 
 
