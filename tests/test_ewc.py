@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cvit.loop import ContinualRun
 from cvit.methods.ewc import FisherEstimate, ewc_penalty, merge_online, snapshot
 from tests.conftest import CONFIGS
-from tests.test_loop import refused_before_loading, straight_and_resumed
+from tests.test_loop import refused_before_loading, stage_events, straight_and_resumed
 
 EWC = [CONFIGS / "method" / "ewc.yaml"]
 TWO = ("benchmark.order=[colour_mc,count_vqa]", "train.max_steps=3", "eval.unseen=false", "callbacks.ewc.batches=2")
@@ -64,7 +63,7 @@ def test_penalty_holds_the_weights_near_the_first_tasks(small_config):
         assert any("lora_" in n for n in first) and any("multi_modal_projector" in n for n in first)
         assert all(torch.all(f >= 0) for f in snap["fisher"].values())
         assert any(torch.any(f > 0) for n, f in snap["fisher"].items() if "lora_B" in n)
-    events = EventAccumulator(str(run_dir / "tb" / "train" / "01_count_vqa")).Reload()
+    events = stage_events(run_dir, "01_count_vqa")
     assert "loss/ewc" in events.Tags()["scalars"]
     assert events.Scalars("loss/ewc")[-1].value > 0
     # measured 0.43 of it; a penalty that did nothing would give exactly 1 (the two runs are otherwise identical)

@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import CONFIGS, small_overrides
-from tests.test_loop import refused_before_loading, straight_and_resumed
+from tests.test_loop import refused_before_loading, stage_events, straight_and_resumed
 
 EXAMPLE = CONFIGS.parent / "examples" / "l2_anchor" / "method.yaml"
 TWO = ("benchmark.order=[colour_mc,count_vqa]", "train.max_steps=2", "eval.unseen=false")
@@ -28,7 +27,7 @@ def test_the_example_runs_from_the_cvit_command_without_pythonpath(synthetic_roo
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir = tmp_path / "runs" / "l2"
     assert json.loads((run_dir / "matrix.json").read_text())["completed"] == 2
-    events = EventAccumulator(str(run_dir / "tb" / "train" / "01_count_vqa")).Reload()
+    events = stage_events(run_dir, "01_count_vqa")
     assert events.Scalars("loss/l2_anchor")[-1].value > 0  # the second task is pulled towards the first's end
     anchor = torch.load(run_dir / "stages" / "01_count_vqa" / "callbacks.pt", weights_only=True)["anchor"]["anchor"]
     assert anchor and all(isinstance(t, torch.Tensor) for t in anchor.values())

@@ -288,3 +288,10 @@ def test_a_state_a_resume_cannot_reload_is_refused_when_saved(small_config):
         run.run()
     assert not (run.run_dir.path / "stages" / "00_colour_mc").exists()  # no half-written stage
     assert not (run.run_dir.path / "matrix.json").exists()  # nothing counts as completed
+
+
+def stage_events(run_dir: Path, stage: str):
+    """The TensorBoard events of stage `stage`'s training (e.g. "01_count_vqa"), loaded."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    return EventAccumulator(str(run_dir / "tb" / "train" / stage)).Reload()

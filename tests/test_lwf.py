@@ -6,12 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cvit.loop import ContinualRun
 from cvit.methods.lwf import distillation_kl
 from tests.conftest import CONFIGS
-from tests.test_loop import refused_before_loading, straight_and_resumed, wrap_prepare
+from tests.test_loop import refused_before_loading, stage_events, straight_and_resumed, wrap_prepare
 
 LWF = [CONFIGS / "method" / "lwf.yaml"]
 TWO = ("benchmark.order=[colour_mc,count_vqa]", "train.max_steps=3", "eval.unseen=false", "callbacks.lwf.weight=1.0")
@@ -65,9 +64,9 @@ def test_teacher_is_the_trainable_state_at_task_start_and_stays_frozen(small_con
     assert all(torch.equal(cb.start[n], cb.end[n]) for n in names)  # unchanged while the student trains
     assert all(torch.equal(cb.start[n], cb.trained_start[n]) for n in names)  # the task's starting weights
     assert any(not torch.equal(cb.trained_end[n], cb.end[n]) for n in names)  # the student moved away
-    events = EventAccumulator(str(run_dir / "tb" / "train" / "01_count_vqa")).Reload()
+    events = stage_events(run_dir, "01_count_vqa")
     assert events.Scalars("loss/lwf")[-1].value > 0
-    assert "loss/lwf" not in EventAccumulator(str(run_dir / "tb" / "train" / "00_colour_mc")).Reload().Tags()["scalars"]
+    assert "loss/lwf" not in stage_events(run_dir, "00_colour_mc").Tags()["scalars"]
 
 
 def test_lwf_resumes_to_the_same_matrix(small_config):
@@ -79,7 +78,7 @@ def test_lwf_resumes_to_the_same_matrix(small_config):
 def test_lwf_over_a_4bit_base(small_config):
     cfg, sources = small_config(*TWO, "model.quantization=nf4", "run.name=lwf-nf4", files=LWF)
     run_dir = ContinualRun(cfg, sources).run()
-    events = EventAccumulator(str(run_dir / "tb" / "train" / "01_count_vqa")).Reload()
+    events = stage_events(run_dir, "01_count_vqa")
     assert events.Scalars("loss/lwf")[-1].value > 0
 
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 from cvit.loop import ContinualRun
@@ -14,7 +13,7 @@ from cvit.model.moelora import MoELoRAOptions, MoELoRAType, load_balance, load_c
 from cvit.model.pool import PROJECTOR_FILE
 from cvit.module import model_inputs
 from tests.conftest import CONFIGS
-from tests.test_loop import refused_before_loading, straight_and_resumed
+from tests.test_loop import refused_before_loading, stage_events, straight_and_resumed
 from tests.test_qlora import lora_after_validation_and_backward
 
 MOELORA = [CONFIGS / "method" / "moelora.yaml"]
@@ -52,7 +51,7 @@ def test_run_trains_with_the_balance_term_and_loads_through_peft(small_config):
     cfg, sources = small_config(*TWO, "callbacks.moelora.balance=0.01", "run.name=moelora", files=MOELORA)
     run = ContinualRun(cfg, sources)
     run_dir = run.run()
-    events = EventAccumulator(str(run_dir / "tb" / "train" / "01_count_vqa")).Reload()
+    events = stage_events(run_dir, "01_count_vqa")
     assert events.Scalars("loss/moe_balance")[-1].value > 0
     from transformers import LlavaForConditionalGeneration
 

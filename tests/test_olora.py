@@ -6,13 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 from cvit.callbacks.base import ContinualCallback
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cvit.loop import ContinualRun
 from cvit.methods.olora import l2_norms, orthogonality
 from cvit.model.mixing import lora_layers
 from tests.conftest import CONFIGS
-from tests.test_loop import refused_before_loading, straight_and_resumed, wrap_prepare
+from tests.test_loop import refused_before_loading, stage_events, straight_and_resumed, wrap_prepare
 
 OLORA = [CONFIGS / "method" / "olora.yaml"]
 THREE = ("benchmark.order=[colour_mc,count_vqa,grounding]", "train.max_steps=3", "eval.unseen=false")
@@ -52,7 +51,7 @@ def test_one_lora_per_task_earlier_frozen_all_summed_at_inference(small_config, 
     expected = [["default"], ["task1"], ["task2"]] if forward == "current" else \
         [["default"], ["default", "task1"], ["default", "task1", "task2"]]
     assert probe.active == expected
-    events = EventAccumulator(str(run_dir / "tb" / "train" / "02_grounding")).Reload()
+    events = stage_events(run_dir, "02_grounding")
     assert events.Scalars("loss/olora_orth")[-1].value > 0
     layer = next(iter(lora_layers(run.module.model).values()))
     assert not layer.lora_A["default"].weight.requires_grad and not layer.lora_A["task1"].weight.requires_grad
@@ -77,7 +76,7 @@ def test_olora_over_a_4bit_base(small_config):
     cfg, sources = small_config("benchmark.order=[colour_mc,count_vqa]", "train.max_steps=2", "eval.unseen=false",
                                 "model.quantization=nf4", "run.name=olora-nf4", files=OLORA)
     run_dir = ContinualRun(cfg, sources).run()
-    events = EventAccumulator(str(run_dir / "tb" / "train" / "01_count_vqa")).Reload()
+    events = stage_events(run_dir, "01_count_vqa")
     assert events.Scalars("loss/olora_orth")[-1].value > 0
 
 
