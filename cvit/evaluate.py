@@ -39,8 +39,7 @@ def score_outputs(
     lenient, see cvit.eval.scorers) and its instruction-following rule."""
     references = [list(record.answers) for record in records]
     scorer = get_scorer(task.scorer, relaxed=relaxed, caption_metric=caption_metric, scoring=scoring)
-    scores = scorer.score(texts, references)
-    items = scorer.item_scores(texts, references)
+    scores, items = scorer.score_items(texts, references)
     verdicts = following_verdicts(task.mif, texts, references)
     if verdicts is not None:
         scores["mif"] = 100 * fmean(verdicts)

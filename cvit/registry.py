@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import sys
 import typing
 from collections.abc import Callable
@@ -102,6 +103,13 @@ def check_argument_types(cls: type, key: str, kwargs: dict[str, Any], sources: S
             )
 
 
+def blamed_key(key: str, kwargs: dict[str, Any], message: str) -> str:
+    """The dotted key a constructor's error is about: the first argument the message names (so a bad value
+    given on the command line is blamed on the command line), else the callback's own entry."""
+    found = {arg: hit.start() for arg in kwargs if (hit := re.search(rf"\b{re.escape(arg)}\b", message))}
+    return f"callbacks.{key}.{min(found, key=found.get)}" if found else f"callbacks.{key}"
+
+
 def build_callbacks(specs: DictConfig, sources: Sources, mode: str = "sequential") -> dict[str, Any]:
     """Instantiate every callback (cheap: no model is touched). Raises ConfigError on bad entries, on two
     owners of one thing and on a `sequential_only` callback in a joint or zero-shot run (`mode`)."""
@@ -131,7 +139,8 @@ def build_callbacks(specs: DictConfig, sources: Sources, mode: str = "sequential
         try:
             callback = cls(**kwargs)
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"{origin}: key 'callbacks.{key}': {err}") from None
+            where = blamed_key(key, kwargs, str(err))
+            raise ConfigError(f"{sources.of(where)}: key '{where}': {err}") from None
         if cls.sequential_only and mode != "sequential":
             raise ConfigError(f"{origin}: key 'callbacks.{key}': {cls.__name__} needs a sequential stream "
                               f"(method.mode is {mode!r})")

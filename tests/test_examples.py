@@ -42,4 +42,4 @@ def test_the_example_resumes_to_the_same_matrix_and_anchor(small_config):
 
 def test_the_examples_bad_weight_is_refused_before_loading(small_config):
     refused_before_loading(small_config, [EXAMPLE], "callbacks.anchor.weight=-1",
-                           r"method\.yaml: key 'callbacks\.anchor': weight must be >= 0")
+                           r"command line: key 'callbacks\.anchor\.weight': weight must be >= 0")

@@ -11,7 +11,16 @@ import pytest
 from cvit.data.stream import Task
 from cvit.errors import ConfigError
 from cvit.eval.normalize import normalize_answer
-from cvit.eval.scorers import SCORER_NAMES, SCORINGS, box_iou, extract_choice, get_scorer, official_box, parse_box
+from cvit.eval.scorers import (
+    SCORER_NAMES,
+    SCORINGS,
+    MeanScorer,
+    box_iou,
+    extract_choice,
+    get_scorer,
+    official_box,
+    parse_box,
+)
 from cvit.evaluate import score_outputs
 from cvit.validate import validate_config
 
@@ -409,3 +418,10 @@ def test_caption_metrics_pinned_on_a_case_checked_by_hand():
     fmean = 0.5 / (0.85 + 0.15 * 0.5)
     meteor = (1 - 0.6 * 0.5 ** 0.2) * fmean
     assert scorer.score(["dog runs"], [["dog runs fast grass"]])["meteor"] == pytest.approx(100 * meteor, abs=0.05)
+
+
+def test_an_evaluation_judges_each_item_once():
+    judged = []
+    scorer = MeanScorer("counted", lambda prediction, references: judged.append(prediction) or float(prediction == "a"))
+    scores, items = scorer.score_items(["a", "b"], [["a"], ["a"]])
+    assert judged == ["a", "b"] and items == [1.0, 0.0] and scores == {"score": 50.0}

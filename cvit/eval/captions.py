@@ -13,7 +13,7 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from cvit.eval.items import Item, checked_items
+from cvit.eval.items import Item, Scorer, checked_items
 
 Captions = dict[int, list[str]]
 
@@ -56,7 +56,7 @@ def _meteor():
 CAPTION_METRICS = ("cider", "mean", "cider_raw")
 
 
-class CaptionScorer:
+class CaptionScorer(Scorer):
     """Corpus captioning metrics from pycocoevalcap on PTB-tokenised text (as COCOEvalCap computes
     them): bleu1..bleu4, meteor, rouge_l, cider, each x100, plus "mean" (of those seven, UCIT's caption
     number) and "score" = the `metric` one. Metric "cider_raw" also reports CIDEr on untokenised,
@@ -74,10 +74,11 @@ class CaptionScorer:
         self.metric = metric
         self.lenient = lenient
 
-    def score(self, predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+    def score_items(self, predictions: list[str], references: list[list[str]]) -> tuple[dict[str, float], list[float]]:
+        """Corpus metrics and per-item BLEU-1 in 0..1 (the corpus metrics have no per-item form of their own)."""
         items = checked_items(predictions, references)
         gts, res = _tokenized(items, self.lenient)
-        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        bleu, per_item = Bleu(4).compute_score(gts, res, verbose=0)
         metrics = {f"bleu{n}": value for n, value in enumerate(bleu, start=1)}
         metrics["meteor"] = _meteor().compute_score(gts, res)[0]
         metrics["rouge_l"] = Rouge().compute_score(gts, res)[0]
@@ -87,9 +88,4 @@ class CaptionScorer:
         if self.metric == "cider_raw":
             result["cider_raw"] = 100 * float(Cider().compute_score(*_raw(items))[0])
         result["score"] = result["cider" if self.metric == "cider_raw" and self.lenient else self.metric]
-        return result
-
-    def item_scores(self, predictions: list[str], references: list[list[str]]) -> list[float]:
-        """Per-item BLEU-1 in 0..1: the corpus metrics have no per-item form of their own."""
-        gts, res = _tokenized(checked_items(predictions, references), self.lenient)
-        return [float(value) for value in Bleu(1).compute_score(gts, res, verbose=0)[1][0]]
+        return result, [float(value) for value in per_item[0]]

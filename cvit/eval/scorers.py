@@ -1,7 +1,8 @@
 """Task scorers behind one contract; `get_scorer(name, relaxed, caption_metric, scoring)` builds one.
 
-`score` returns corpus numbers on a 0..100 scale, "score" being the one the accuracy matrix records;
-`item_scores` returns one number in 0..1 per item. Every item has a non-empty list of references.
+`score_items` returns corpus numbers on a 0..100 scale ("score" being the one the accuracy matrix records)
+and one number in 0..1 per item, judging each item once; `score` and `item_scores` are its two halves.
+Every item has a non-empty list of references.
 
 `scoring` (one of SCORINGS, the config's `eval.scoring`): "official" (the default) applies each benchmark's
 own evaluation code rule for rule, quirks included; "lenient" adds the kit's more forgiving readings, each
@@ -21,23 +22,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from statistics import fmean
-from typing import Protocol
 
 from cvit.eval.captions import CaptionScorer
-from cvit.eval.items import checked_items
+from cvit.eval.items import Scorer, checked_items
 from cvit.eval.normalize import normalize_answer
 
 Box = tuple[float, float, float, float]
 Judge = Callable[..., float]  # (prediction, references, lenient=False[, relaxed=False]) -> 0..1
 SCORINGS = ("official", "lenient")
-
-
-class Scorer(Protocol):
-    name: str
-
-    def score(self, predictions: list[str], references: list[list[str]]) -> dict[str, float]: ...
-
-    def item_scores(self, predictions: list[str], references: list[list[str]]) -> list[float]: ...
 
 
 # ---- short answers -------------------------------------------------------------------------------
@@ -216,7 +208,7 @@ def grounding_hit(prediction: str, references: Sequence[str], lenient: bool = Fa
 
 
 @dataclass(frozen=True)
-class MeanScorer:
+class MeanScorer(Scorer):
     """Corpus score = 100 x the mean per-item judgement. With `relaxed_judge`, "score" and the items
     use it and "strict" reports `judge` alongside."""
 
@@ -224,16 +216,13 @@ class MeanScorer:
     judge: Judge
     relaxed_judge: Judge | None = None
 
-    def item_scores(self, predictions: list[str], references: list[list[str]]) -> list[float]:
-        judge = self.relaxed_judge or self.judge
-        return [judge(pred, refs) for pred, refs in checked_items(predictions, references)]
-
-    def score(self, predictions: list[str], references: list[list[str]]) -> dict[str, float]:
-        result = {"score": 100 * fmean(self.item_scores(predictions, references))}
+    def score_items(self, predictions: list[str], references: list[list[str]]) -> tuple[dict[str, float], list[float]]:
+        items = checked_items(predictions, references)
+        judged = [(self.relaxed_judge or self.judge)(pred, refs) for pred, refs in items]
+        result = {"score": 100 * fmean(judged)}
         if self.relaxed_judge is not None:
-            items = checked_items(predictions, references)
             result["strict"] = 100 * fmean(self.judge(pred, refs) for pred, refs in items)
-        return result
+        return result, judged
 
 
 _JUDGES: dict[str, Judge] = {
