@@ -1,6 +1,6 @@
 """The base class of every cvit callback: Lightning's `Callback` plus the continual task hooks.
 
-Hook contract (called by `cvit.loop.ContinualRun` on every callback, in YAML order):
+Hook contract (called by `cvit.run.loop.ContinualRun` on every callback, in YAML order):
   on_task_start(trainer, module, datamodule, task)  before the task's `trainer.fit` builds its data:
       the place for structural changes (add / select / freeze adapters in `module.pool`) and data
       changes (`datamodule.mix_in(...)` for replay).

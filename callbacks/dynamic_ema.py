@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from cvit.callbacks.base import ContinualCallback
 
+from cvit.config.registry import register_callback
 from cvit.methods.ema import DynamicEMA, layer_units
-from cvit.registry import register_callback
 
 GRANULARITIES = ("layer", "tensor")
 

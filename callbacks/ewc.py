@@ -12,9 +12,9 @@ import torch
 from cvit.callbacks.base import ContinualCallback
 from torch.utils.data import DataLoader
 
+from cvit.config.registry import register_callback
 from cvit.methods.ewc import FisherEstimate, Snapshot, ewc_penalty, merge_online, snapshot
 from cvit.model.encoders import to_accelerator
-from cvit.registry import register_callback
 
 
 def trainable(module) -> dict[str, torch.nn.Parameter]:

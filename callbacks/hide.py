@@ -36,12 +36,12 @@ import torch
 import torch.nn.functional as F
 from cvit.callbacks.base import ContinualCallback, Shared
 
+from cvit.config.registry import register_callback
 from cvit.errors import ConfigError
 from cvit.model.encoders import build_encoder, mean_embeddings, to_accelerator
 from cvit.model.mixing import layers_in, mixed
 from cvit.model.pool import indexed_adapter
 from cvit.model.routing import Router, RowGroups, whole_batch
-from cvit.registry import register_callback
 
 FUSED = "fused"
 LAYOUTS = ("hide", "merge_all", "merge_all_but_top", "expand_all", "expand_all_but_top")

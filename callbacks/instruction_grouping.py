@@ -22,10 +22,10 @@ from typing import Any
 
 from cvit.callbacks.base import ContinualCallback, Shared
 
+from cvit.config.registry import register_callback
 from cvit.methods.codebook import FALLBACKS, SIMILARITIES, InstructionCodebook, unique
 from cvit.model.pool import DEFAULT_ADAPTER
 from cvit.model.routing import Router, RowGroups, rows_by_key
-from cvit.registry import register_callback
 
 ROUTINGS = ("instance", "test_set")
 NEW_GROUPS = ("fresh", "previous")

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from cvit.callbacks.base import ContinualCallback
 
+from cvit.config.registry import register_callback
 from cvit.methods.lwf import distillation_kl
-from cvit.registry import register_callback
 
 
 @register_callback("lwf")

@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 from cvit.callbacks.base import ContinualCallback, Shared
 
+from cvit.config.registry import register_callback
+from cvit.config.schema import LANGUAGE_MODEL_LINEARS
 from cvit.model.moelora import MoELoRAOptions, MoELoRAType, load_balance, moelora_layers
-from cvit.registry import register_callback
-from cvit.schema import LANGUAGE_MODEL_LINEARS
 
 
 @register_callback("moelora")

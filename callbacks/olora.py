@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from cvit.callbacks.base import ContinualCallback, Shared
 
+from cvit.config.registry import register_callback
 from cvit.methods.olora import l2_norms, orthogonality
 from cvit.model.mixing import lora_layers
 from cvit.model.pool import indexed_adapter
-from cvit.registry import register_callback
 
 FORWARDS = ("current", "all")
 

@@ -27,12 +27,12 @@ from typing import Any
 import torch
 from cvit.callbacks.base import Capability, ContinualCallback, Shared
 
+from cvit.config.registry import register_callback
 from cvit.methods.allocation import DynamicAllocator, max_pool, similarity_weight
 from cvit.model.encoders import build_encoder, mean_embeddings, to_accelerator, token_embeddings
 from cvit.model.mixing import mixed
 from cvit.model.pool import indexed_adapter
 from cvit.model.routing import Router, RowGroups, rows_by_key, whole_batch
-from cvit.registry import register_callback
 
 ALLOCATOR = "allocation"  # the dynamic allocator's name among the pool's extras
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from cvit.callbacks.base import Capability, ContinualCallback
 
+from cvit.config.registry import register_callback
 from cvit.methods.memory import ReplayMemory
-from cvit.registry import register_callback
 
 
 @register_callback("replay")

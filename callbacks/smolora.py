@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from cvit.callbacks.base import ContinualCallback, Shared
 
-from cvit.atomic import write_json, write_with
+from cvit.config.registry import register_callback
 from cvit.errors import ConfigError
 from cvit.methods.instruction_embeddings import InstructionEmbeddings, require_sentence_model
 from cvit.methods.smolora_routing import SMoLoRARouter
@@ -36,8 +36,8 @@ from cvit.methods.smolora_stats import RoutingStats
 from cvit.model.build import model_class
 from cvit.model.encoders import to_accelerator
 from cvit.model.smolora import GATES, RoutingContext, SMoLoRAOptions, SMoLoRAType, attach
-from cvit.registry import register_callback
-from cvit.rundir import stage_name
+from cvit.run.atomic import write_json, write_with
+from cvit.run.rundir import stage_name
 
 # model_type -> the language model's MLP linears and the projector's two linears
 DEFAULT_TARGETS = {

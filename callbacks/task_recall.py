@@ -21,8 +21,8 @@ import torch
 from cvit.callbacks.base import Capability
 from cvit.callbacks.replay import ExperienceReplay
 
+from cvit.config.registry import register_callback
 from cvit.methods.allocation import KL_REDUCTIONS, recall_kl
-from cvit.registry import register_callback
 
 COUNT_POLICIES = {"similarity": "similarity", "random": "quota", "none": "quota"}  # counts -> memory policy
 

@@ -19,8 +19,8 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
-    from cvit.config import load_config
-    from cvit.loop import ContinualRun
+    from cvit.config.load import load_config
+    from cvit.run.loop import ContinualRun
 
     cfg, sources = load_config(args.config, args.overrides)
     run = ContinualRun(cfg, sources, args.resume)
@@ -35,8 +35,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
-    from cvit.config import load_config
-    from cvit.loop import ContinualRun
+    from cvit.config.load import load_config
+    from cvit.run.loop import ContinualRun
 
     cfg, sources = load_config(args.config, args.overrides)
     run = ContinualRun(cfg, sources)
@@ -54,7 +54,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
 def cmd_metrics(args: argparse.Namespace) -> None:
     from cvit.errors import DataError
     from cvit.eval.metrics import continual_metrics, format_metrics, read_matrix_doc, run_metrics
-    from cvit.run_document import RunDocument
+    from cvit.run.document import RunDocument
 
     doc = read_matrix_doc(args.matrix)
     try:
@@ -80,10 +80,10 @@ def reference_scores(doc: dict, reference: dict) -> list[float]:
 
 
 def cmd_data_check(args: argparse.Namespace) -> None:
-    from cvit.config import load_config
+    from cvit.config.load import load_config
+    from cvit.config.validate import validate_benchmark
     from cvit.data.check import check_benchmark, format_checks
     from cvit.errors import DataError
-    from cvit.validate import validate_benchmark
 
     cfg, sources = load_config(args.config, args.overrides, sections=("benchmark",))
     validate_benchmark(cfg, sources)
@@ -94,15 +94,15 @@ def cmd_data_check(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from cvit.config import load_config
-    from cvit.score_file import score_predictions
+    from cvit.config.load import load_config
+    from cvit.reports.score_file import score_predictions
 
     cfg, sources = load_config(args.config, args.overrides, sections=("benchmark",))
     print(json.dumps(score_predictions(cfg, sources, args.task, Path(args.predictions)), indent=2))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from cvit.report import write_report
+    from cvit.reports.run_report import write_report
 
     print(write_report(Path(args.run_dir)))
 
@@ -123,7 +123,7 @@ def cmd_make_synthetic(args: argparse.Namespace) -> None:
 
 
 def cmd_base_train(args: argparse.Namespace) -> None:
-    from cvit.pretrain import base_train
+    from cvit.run.pretrain import base_train
 
     options = {k: v for k, v in vars(args).items() if k in ("steps", "lr", "batch_size", "seed") and v is not None}
     print(base_train(Path(args.model), Path(args.data), Path(args.out), family=args.family, **options))
@@ -137,7 +137,7 @@ def cmd_analyze_cka(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from cvit.demo import METHODS, run_demo
+    from cvit.run.demo import METHODS, run_demo
 
     run_demo(Path(args.work), Path(args.configs), tuple(args.methods or METHODS), args.templates, tuple(args.set))
 

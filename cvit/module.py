@@ -26,7 +26,7 @@ from cvit.model.batching import select_rows
 from cvit.model.build import FAMILIES, load_mllm
 from cvit.model.pool import AdapterLayer, AdapterPool
 from cvit.model.routing import Router
-from cvit.optimization import build_optimizer, build_schedule
+from cvit.run.optimization import build_optimizer, build_schedule
 
 MODEL_INPUTS = (
     "input_ids", "attention_mask", "pixel_values", "image_grid_thw", "image_sizes", "mm_token_type_ids"

@@ -82,8 +82,8 @@ class StepTimer(L.Callback):
 
 def prepared_run(root: Path, model_dir: Path, method: str = "seqlora", overrides: tuple[str, ...] = ()):
     """A ContinualRun of `method` on the synthetic stream with its model loaded (no run directory)."""
-    from cvit.config import load_config
-    from cvit.loop import ContinualRun
+    from cvit.config.load import load_config
+    from cvit.run.loop import ContinualRun
 
     configs = REPO / "configs"
     files = [configs / "model" / "tiny_llava.yaml", configs / "benchmark" / "synthetic.yaml",

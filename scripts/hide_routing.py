@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from cvit.config import load_config
-from cvit.loop import ContinualRun
+from cvit.config.load import load_config
 from cvit.model.encoders import build_encoder
+from cvit.run.loop import ContinualRun
 
 
 def main() -> None:

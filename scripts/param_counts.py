@@ -15,12 +15,12 @@ from cvit.callbacks.smolora import DEFAULT_TARGETS
 from peft import LoraConfig
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
+from cvit.config.schema import LANGUAGE_MODEL_LINEARS
 from cvit.methods.allocation import DynamicAllocator
 from cvit.model.build import FAMILIES
 from cvit.model.mixing import decoder_layer_index, lora_layers, top_decoder_layer
 from cvit.model.pool import AdapterPool
 from cvit.model.smolora import FUSION_HEADS, GATES, SMoLoRAOptions, SMoLoRAType
-from cvit.schema import LANGUAGE_MODEL_LINEARS
 
 LLAVA_15_7B = LlavaConfig(  # llava-hf/llava-1.5-7b-hf config.json
     text_config={"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,

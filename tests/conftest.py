@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cvit.config import load_config
+from cvit.config.load import load_config
 from cvit.model.tiny import save_tiny_llava
 from cvit.synthetic.writer import SyntheticSizes, make_synthetic
 

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from cvit.cli import main
-from cvit.config import load_config
+from cvit.config.load import load_config
+from cvit.config.validate import validate_benchmark
 from cvit.data.stream import build_tasks
 from cvit.eval.mif import following_verdicts, follows, mean_following
-from cvit.validate import validate_benchmark
 from tests.conftest import CONFIGS
 
 SPECS = sorted((CONFIGS / "benchmark").glob("*.yaml"))  # absolute: the same cases from any working folder
@@ -133,7 +133,7 @@ def test_mif_rates_and_mean():
 
 
 def test_continual_run_on_a_coin_shaped_root_reports_mif_and_protocol(tmp_path, tiny_model_dir):
-    from cvit.loop import ContinualRun
+    from cvit.run.loop import ContinualRun
 
     root = write_coin_root(tmp_path / "coin", train=4, test=3)
     cfg, sources = load_config(

@@ -75,7 +75,7 @@ def test_fit_resume_and_report_commands(synthetic_root, tiny_model_dir, tmp_path
 
 
 def test_demo_settings_apply_only_where_the_method_has_the_key(small_config):
-    from cvit.demo import applicable
+    from cvit.run.demo import applicable
 
     settings = ("callbacks.smolora.r=8", "train.lr=0.1", "callbacks.hide.epsilon=0.5")
     seqlora, _ = small_config()

@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 from cvit.callbacks.base import ContinualCallback
 
-from cvit.config import load_config
+from cvit.config.load import load_config
+from cvit.config.validate import validate_config
 from cvit.errors import ConfigError
-from cvit.loop import ContinualRun
-from cvit.validate import validate_config
+from cvit.run.loop import ContinualRun
 from tests.conftest import CONFIGS
 
 

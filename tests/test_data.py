@@ -7,7 +7,7 @@ import pytest
 
 from cvit.data.records import load_test, load_train
 from cvit.errors import ConfigError, DataError
-from cvit.loop import ContinualRun
+from cvit.run.loop import ContinualRun
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ def test_instructions_follow_the_template_variant(small_config):
 
 
 def coin_tasks(variant: str, spec: str = "coin"):
-    from cvit.config import load_config
+    from cvit.config.load import load_config
     from cvit.data.stream import build_tasks
     from tests.conftest import CONFIGS
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cvit.loop import ContinualRun
 from cvit.methods.ewc import FisherEstimate, ewc_penalty, merge_online, snapshot
+from cvit.run.loop import ContinualRun
 from tests.conftest import CONFIGS
 from tests.test_loop import refused_before_loading, stage_events, straight_and_resumed
 

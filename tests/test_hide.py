@@ -11,8 +11,8 @@ import torch
 from cvit.callbacks.hide import routing_weights
 
 from cvit.analysis.cka import analyze_run, cka_matrices, linear_cka
-from cvit.loop import ContinualRun
 from cvit.model.mixing import decoder_layer_index, lora_layers
+from cvit.run.loop import ContinualRun
 from tests.conftest import CONFIGS
 from tests.test_loop import straight_and_resumed
 

@@ -12,7 +12,7 @@ from cvit.callbacks.base import ContinualCallback
 from safetensors.torch import load_file
 
 from cvit.errors import ConfigError
-from cvit.loop import ContinualRun
+from cvit.run.loop import ContinualRun
 from tests.conftest import CONFIGS
 from tests.test_loop import CrashAtStep, wrap_prepare
 

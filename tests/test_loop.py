@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import LlavaForConditionalGeneration
 
 from cvit.errors import RunDirError
-from cvit.loop import ContinualRun
+from cvit.run.loop import ContinualRun
 from tests.conftest import CONFIGS
 
 SHORT = ("benchmark.order=[colour_mc,count_vqa,grounding]", "train.max_steps=3")

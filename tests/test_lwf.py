@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cvit.loop import ContinualRun
 from cvit.methods.lwf import distillation_kl
+from cvit.run.loop import ContinualRun
 from tests.conftest import CONFIGS
 from tests.test_loop import refused_before_loading, stage_events, straight_and_resumed, wrap_prepare
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from cvit.loop import ContinualRun
 from cvit.module import answer_loss, model_inputs
+from cvit.run.loop import ContinualRun
 
 
 def test_answer_loss_by_hand():

@@ -8,10 +8,10 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from torch import nn
 
-from cvit.loop import ContinualRun
 from cvit.model.moelora import MoELoRAOptions, MoELoRAType, load_balance, load_config, moelora_layers
 from cvit.model.pool import PROJECTOR_FILE
 from cvit.module import model_inputs
+from cvit.run.loop import ContinualRun
 from tests.conftest import CONFIGS
 from tests.test_loop import refused_before_loading, stage_events, straight_and_resumed
 from tests.test_qlora import lora_after_validation_and_backward

@@ -7,9 +7,9 @@ import pytest
 import torch
 from cvit.callbacks.base import ContinualCallback
 
-from cvit.loop import ContinualRun
 from cvit.methods.olora import l2_norms, orthogonality
 from cvit.model.mixing import lora_layers
+from cvit.run.loop import ContinualRun
 from tests.conftest import CONFIGS
 from tests.test_loop import refused_before_loading, stage_events, straight_and_resumed, wrap_prepare
 

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from cvit.loop import ContinualRun
 from cvit.methods.allocation import DynamicAllocator, max_pool, recall_kl, similarity_weight
 from cvit.model.mixing import lora_layers
+from cvit.run.loop import ContinualRun
 from tests.conftest import CONFIGS
 from tests.test_loop import straight_and_resumed
 

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from transformers import LlavaForConditionalGeneration
 
 from cvit.errors import ConfigError
-from cvit.loop import ContinualRun
 from cvit.model.pool import PROJECTOR_FILE
+from cvit.run.loop import ContinualRun
 from tests.conftest import CONFIGS
 from tests.test_loop import straight_and_resumed
 

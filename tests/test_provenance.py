@@ -8,9 +8,9 @@ from importlib import metadata
 import pytest
 
 from cvit.errors import ConfigError
-from cvit.loop import ContinualRun
 from cvit.model.prompting import LLAVA_SYSTEM, chat_format
-from cvit.provenance import LIBRARIES
+from cvit.run.loop import ContinualRun
+from cvit.run.provenance import LIBRARIES
 
 
 def test_run_records_its_setup_and_the_chat_format_it_trained_with(small_config):

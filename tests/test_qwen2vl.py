@@ -8,13 +8,13 @@ import torch
 from PIL import Image
 from transformers import Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
+from cvit.config.schema import LANGUAGE_MODEL_LINEARS
 from cvit.data.collate import IGNORE_INDEX, Collator
 from cvit.model.batching import select_rows
 from cvit.model.build import FAMILIES
 from cvit.model.prompting import FORMATS
 from cvit.model.qwen_processor import IMAGE_TOKEN, Qwen2VLImageOnlyProcessor, load_qwen2vl_processor
 from cvit.model.tiny_qwen import build_tiny_qwen2vl, save_tiny_qwen2vl
-from cvit.schema import LANGUAGE_MODEL_LINEARS
 
 LORA_PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")

@@ -13,11 +13,11 @@ import pytest
 from omegaconf import OmegaConf
 from transformers import AutoConfig
 
-from cvit.config import COMMAND_LINE, load_config
+from cvit.config.load import COMMAND_LINE, load_config
+from cvit.config.registry import build_callbacks
+from cvit.config.validate import validate_config
 from cvit.data.stream import build_tasks
 from cvit.errors import ConfigError
-from cvit.registry import build_callbacks
-from cvit.validate import validate_config
 
 REPO = Path(__file__).parent.parent
 RECIPES = REPO / "configs" / "recipe"

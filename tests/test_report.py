@@ -7,8 +7,8 @@ import json
 import pytest
 
 from cvit.errors import DataError
-from cvit.report import heatmap_figure, metrics_table, write_report
-from cvit.run_document import RunDocument, read_run_document
+from cvit.reports.run_report import heatmap_figure, metrics_table, write_report
+from cvit.run.document import RunDocument, read_run_document
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DOC = {

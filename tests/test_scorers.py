@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from cvit.config.validate import validate_config
 from cvit.data.stream import Task
 from cvit.errors import ConfigError
 from cvit.eval.normalize import normalize_answer
@@ -21,8 +22,7 @@ from cvit.eval.scorers import (
     official_box,
     parse_box,
 )
-from cvit.evaluate import score_outputs
-from cvit.validate import validate_config
+from cvit.run.evaluate import score_outputs
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 from torch import nn
 
 from cvit.errors import ConfigError
-from cvit.loop import ContinualRun
 from cvit.methods.instruction_embeddings import InstructionEmbeddings
 from cvit.model.pool import PROJECTOR_FILE
 from cvit.model.smolora import (
@@ -28,6 +27,7 @@ from cvit.model.smolora import (
     smolora_layers,
 )
 from cvit.module import model_inputs
+from cvit.run.loop import ContinualRun
 from tests.conftest import CONFIGS
 from tests.test_loop import refused_before_loading, straight_and_resumed
 from tests.test_qlora import lora_after_validation_and_backward
@@ -220,7 +220,7 @@ def test_instruction_embeddings_are_mean_pooled_and_cached(monkeypatch):
 
 @pytest.fixture(scope="module")
 def paper_run(request, synthetic_root, tiny_model_dir, tmp_path_factory):
-    from cvit.config import load_config
+    from cvit.config.load import load_config
     from tests.conftest import small_overrides
 
     files = [CONFIGS / "model" / "tiny_llava.yaml", CONFIGS / "benchmark" / "synthetic.yaml", *PAPER]

@@ -12,7 +12,7 @@ from cvit.callbacks.base import ContinualCallback
 from transformers import LlavaForConditionalGeneration
 
 from cvit.errors import RunDirError
-from cvit.loop import ContinualRun
+from cvit.run.loop import ContinualRun
 from tests.test_loop import refused_before_loading, wrap_prepare
 
 TWO = ("benchmark.order=[colour_mc,count_vqa]", "eval.unseen=false")

@@ -20,7 +20,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cvit.atomic import write_json, write_with
+from cvit.run.atomic import write_json, write_with
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -98,10 +98,10 @@ def layer_features(module, batches: list[dict]) -> list[torch.Tensor]:
 
 def analyze_run(run_dir: Path, samples: int = 16) -> Path:
     """Compute the CKA of every trained stage's adapter and write run_dir/analysis/cka.{json,png}."""
-    from cvit.config import load_config
+    from cvit.config.load import load_config
     from cvit.errors import RunDirError
-    from cvit.loop import ContinualRun
-    from cvit.rundir import RunDirectory
+    from cvit.run.loop import ContinualRun
+    from cvit.run.rundir import RunDirectory
 
     run_dir = Path(run_dir)
     doc = RunDirectory(run_dir).load_matrix()

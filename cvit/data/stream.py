@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig
 
-from cvit.config import Sources
+from cvit.config.load import Sources
 from cvit.errors import ConfigError
 from cvit.eval.mif import default_rule
 

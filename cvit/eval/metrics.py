@@ -14,7 +14,7 @@ from typing import Any
 
 from cvit.errors import DataError
 from cvit.eval.mif import mean_following
-from cvit.run_document import RunDocument
+from cvit.run.document import RunDocument
 
 METRIC_LABELS = {
     "last": "Last (ACC)", "maa": "MAA", "bwt": "BWT", "forgetting": "Forgetting", "new_acc": "New.ACC",

@@ -20,7 +20,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from cvit.atomic import atomic_path
+from cvit.run.atomic import atomic_path
 from cvit.synthetic.lexicon import WORD_PATTERN, vocabulary
 from cvit.synthetic.scenes import IMAGE_SIZE
 

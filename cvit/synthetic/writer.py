@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cvit.atomic import atomic_path
+from cvit.run.atomic import atomic_path
 from cvit.seeding import keyed_random
 from cvit.synthetic.tasks import TASKS, Sample, base_sample
 

@@ -23,7 +23,7 @@ from transformers import get_scheduler
 from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
 from transformers.trainer_utils import SchedulerType
 
-from cvit.config import Sources
+from cvit.config.load import Sources
 from cvit.errors import ConfigError
 
 SCHEDULES = tuple(kind.value for kind in SchedulerType if kind.value not in ("reduce_lr_on_plateau", "greedy"))

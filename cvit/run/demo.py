@@ -8,15 +8,15 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from cvit.config import load_config
+from cvit.config.load import load_config
 from cvit.errors import ConfigError
 from cvit.eval.metrics import run_metrics
-from cvit.loop import ContinualRun
 from cvit.model.tiny import save_tiny_llava
-from cvit.pretrain import base_train
-from cvit.report import markdown_table, metrics_table
-from cvit.run_document import RunDocument
-from cvit.rundir import RunDirectory
+from cvit.reports.run_report import markdown_table, metrics_table
+from cvit.run.document import RunDocument
+from cvit.run.loop import ContinualRun
+from cvit.run.pretrain import base_train
+from cvit.run.rundir import RunDirectory
 from cvit.synthetic.writer import make_synthetic, read_manifest
 
 METHODS = ("zeroshot", "seqlora", "joint")

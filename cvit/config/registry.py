@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cvit.config import Sources
+from cvit.config.load import Sources
 from cvit.errors import ConfigError
 
 CALLBACKS: dict[str, type] = {}

@@ -1,7 +1,7 @@
 """The run directory: what a run leaves behind, written so a crash never corrupts it.
 
   config.yaml                  the resolved config (a resumed run must match it)
-  matrix.json                  the run document (cvit/run_document.py): scores so far; `completed` = stages done
+  matrix.json                  the run document (cvit/run/document.py): scores so far; `completed` = stages done
   stages/<k>_<name>/adapters/  every adapter of the pool after stage k (peft safetensors)
   stages/<k>_<name>/callbacks.pt  every callback's state_dict after stage k
   predictions/<k>_<name>/<task>.jsonl
@@ -22,10 +22,10 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cvit.atomic import atomic_path, write_json, write_text
+from cvit.config.schema import ExperimentConfig
 from cvit.errors import RunDirError
-from cvit.run_document import RunDocument, read_run_document
-from cvit.schema import ExperimentConfig
+from cvit.run.atomic import atomic_path, write_json, write_text
+from cvit.run.document import RunDocument, read_run_document
 
 # Keys that cannot change a run's results: a resumed run may differ in them.
 RESULT_NEUTRAL_KEYS = ("run.", "data.num_workers", "data.verify_images", "train.log_every_n_steps")

@@ -20,18 +20,18 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from cvit.config import Sources, to_yaml
+from cvit.config.load import Sources, to_yaml
+from cvit.config.registry import build_callbacks
+from cvit.config.validate import validate_config
 from cvit.data.collate import Collator
 from cvit.data.datamodule import ContinualDataModule
 from cvit.data.stream import Task, build_tasks
-from cvit.evaluate import evaluate_tasks, evaluation_trainer
-from cvit.inflight import AtomicCheckpointIO, inflight_callback, inflight_file
-from cvit.provenance import run_setup
-from cvit.registry import build_callbacks
-from cvit.run_document import RunDocument
-from cvit.rundir import RunDirectory, stage_name
-from cvit.tensorboard_log import ContinualBoard
-from cvit.validate import validate_config
+from cvit.reports.tensorboard import ContinualBoard
+from cvit.run.document import RunDocument
+from cvit.run.evaluate import evaluate_tasks, evaluation_trainer
+from cvit.run.inflight import AtomicCheckpointIO, inflight_callback, inflight_file
+from cvit.run.provenance import run_setup
+from cvit.run.rundir import RunDirectory, stage_name
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class ContinualRun:
 
     def run(self, resume: bool = False) -> Path:
         """Run (or continue) the experiment; returns the run directory."""
-        from cvit.report import write_report
+        from cvit.reports.run_report import write_report
 
         self.prepare()
         config_yaml = to_yaml(self.cfg)

@@ -14,12 +14,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from cvit.atomic import atomic_path
 from cvit.data.collate import Collator
 from cvit.data.datasets import TrainSet
 from cvit.data.records import load_train
 from cvit.model.build import load_processor, model_class
 from cvit.module import answer_loss, model_inputs
+from cvit.run.atomic import atomic_path
 from cvit.seeding import seeded_generator
 
 

@@ -9,11 +9,11 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cvit.atomic import write_text, write_with
 from cvit.eval.metrics import METRIC_LABELS, format_value, run_metrics
 from cvit.eval.mif import mean_following
-from cvit.provenance import setup_lines
-from cvit.run_document import RunDocument, read_run_document
+from cvit.run.atomic import write_text, write_with
+from cvit.run.document import RunDocument, read_run_document
+from cvit.run.provenance import setup_lines
 
 TABLE_METRICS = ("last", "maa", "bwt", "forgetting", "new_acc", "mif")
 

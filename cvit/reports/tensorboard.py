@@ -7,8 +7,8 @@ from pathlib import Path
 from torch.utils.tensorboard import SummaryWriter
 
 from cvit.eval.metrics import run_metrics
-from cvit.report import heatmap_figure, row_labels
-from cvit.run_document import RunDocument
+from cvit.reports.run_report import heatmap_figure, row_labels
+from cvit.run.document import RunDocument
 
 
 class ContinualBoard:

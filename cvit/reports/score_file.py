@@ -7,13 +7,13 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from cvit.config import Sources
+from cvit.config.load import Sources
+from cvit.config.validate import choose, validate_benchmark
 from cvit.data.records import field, load_test, read_json_records
 from cvit.data.stream import build_tasks
 from cvit.errors import ConfigError, DataError
 from cvit.eval.scorers import SCORINGS
-from cvit.evaluate import score_outputs
-from cvit.validate import choose, validate_benchmark
+from cvit.run.evaluate import score_outputs
 
 
 def read_predictions(path: Path) -> dict[str, str]:

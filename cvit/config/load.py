@@ -3,7 +3,7 @@
 Files merge in order with OmegaConf (mappings merge, lists are replaced), then `key=value`
 overrides. A file may list other files to merge before itself with a top-level
 `include: [relative/path.yaml, ...]` (paths relative to that file). Every key is checked against
-`cvit.schema.ExperimentConfig`; errors name the key and the file that set it.
+`cvit.config.schema.ExperimentConfig`; errors name the key and the file that set it.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from cvit.config.schema import ExperimentConfig
 from cvit.errors import ConfigError
-from cvit.schema import ExperimentConfig
 
 COMMAND_LINE = "the command line"
 

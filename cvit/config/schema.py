@@ -1,7 +1,7 @@
 """The experiment configuration schema (OmegaConf structured configs).
 
 Every YAML file and command-line override is merged onto `ExperimentConfig`, so an unknown key or a
-wrong type fails at once, naming the key and the file it came from (see `cvit.config`).
+wrong type fails at once, naming the key and the file it came from (see `cvit.config.load`).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ class DataSchema:
 
 @dataclass
 class OptimizerSchema:
-    class_path: str = "torch.optim.AdamW"  # any torch.optim.Optimizer (see cvit/optimization.py)
+    class_path: str = "torch.optim.AdamW"  # any torch.optim.Optimizer (see cvit/run/optimization.py)
     kwargs: dict[str, Any] = field(default_factory=dict)  # its own arguments; lr, weight_decay come from train.*
 
 

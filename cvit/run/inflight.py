@@ -13,7 +13,7 @@ from typing import Any
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from cvit.atomic import write_with
+from cvit.run.atomic import write_with
 
 FILENAME = "inflight"
 

@@ -31,7 +31,7 @@ class RunDocument:
     relaxed: bool = False
     unseen_tasks: list[str] = field(default_factory=list)
     protocol: dict[str, Any] = field(default_factory=dict)  # benchmark.protocol: what the numbers compare with
-    setup: dict[str, Any] = field(default_factory=dict)  # cvit.provenance.run_setup
+    setup: dict[str, Any] = field(default_factory=dict)  # cvit.run.provenance.run_setup
     matrix: list[list[float]] = field(default_factory=list)  # [stage][seen task]
     future: list[list[float]] = field(default_factory=list)  # [stage][not-yet-trained task] (eval.future_tasks)
     unseen: list[list[float]] = field(default_factory=list)  # [stage][unseen task]

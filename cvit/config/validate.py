@@ -7,14 +7,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from cvit.config import Sources
+from cvit.config.load import Sources
 from cvit.errors import ConfigError
 from cvit.eval.captions import CAPTION_METRICS
 from cvit.eval.mif import MIF_RULES
 from cvit.eval.scorers import SCORER_NAMES, SCORINGS
 from cvit.model.build import DTYPES, FAMILIES, QUANTIZATIONS
 from cvit.model.prompting import CHAT_FORMATS
-from cvit.optimization import check_optimization
+from cvit.run.optimization import check_optimization
 
 MODES = ("sequential", "joint", "zeroshot")
 # model.family -> the `model_type` of a Hugging Face folder of that family (its config.json)
