@@ -6,7 +6,7 @@ WORK     ?= work
 CONFIG   ?= configs/experiment/demo.yaml
 ARGS     ?=
 
-.PHONY: install demo test lint bench params run clean ladder-llaca ladder-proglora ladder-hide ladder-smolora ladder-baselines
+.PHONY: install demo test lint bench params plan parallel-check run clean ladder-llaca ladder-proglora ladder-hide ladder-smolora ladder-baselines
 
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
@@ -32,6 +32,14 @@ bench: install
 # adapter parameter counts of ProgLoRA and HiDe-LLaVA at LLaVA-1.5-7B shapes (meta device, no weights)
 params: install
 	$(PY) scripts/param_counts.py
+
+# each method's adapter parameters and peak GPU memory at LLaVA-1.5-7B on CoIN (meta device, no weights)
+plan: install
+	$(CVIT) plan -c configs/model/llava15_7b.yaml -c configs/benchmark/coin.yaml $(ARGS)
+
+# every method on 1 and on 2 CPU processes (DDP) at the same global batch, side by side
+parallel-check: install
+	$(PY) scripts/parallel_check.py --work $(WORK)
 
 # LLaCA's Table 6 ablation ladder on the embedded default (and the released pipeline), metrics side by side
 ladder-llaca: install

@@ -58,6 +58,9 @@ class ContinualCallback(L.Callback):
     # "writes": on_task_end replaces the trained weights (EMA); "reads": on_task_end consolidates them (fusion,
     # recorded allocations). Readers must come after writers in YAML order (no fusion before EMA).
     task_end_weights: ClassVar[str] = ""
+    # True: reads every trainable parameter and its gradient whole at each step (a per-step EMA), so a strategy that
+    # shards them across ranks (fsdp, deepspeed stage 2/3) is refused before the model loads
+    whole_parameters: ClassVar[bool] = False
     config_key: str = ""  # the callback's key in the config's `callbacks` mapping (set by the registry)
 
     def check_model(self, model_config: Any) -> None:

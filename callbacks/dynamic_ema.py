@@ -27,6 +27,7 @@ from cvit.callbacks.base import ContinualCallback
 
 from cvit.config.registry import register_callback
 from cvit.methods.ema import DynamicEMA, layer_units
+from cvit.run.parallel import broadcast_from_zero
 
 GRANULARITIES = ("layer", "tensor")
 
@@ -34,6 +35,8 @@ GRANULARITIES = ("layer", "tensor")
 @register_callback("dynamic_ema")
 class DynamicEMACallback(ContinualCallback):
     task_end_weights = "writes"
+    whole_parameters = True
+
     def __init__(
         self, formula: str = "paper", granularity: str = "layer", beta: float = 0.99, fallback: float = 0.99,
         released_fallback: float = 0.01, skip_new_adapters: bool = False,
@@ -89,6 +92,7 @@ class DynamicEMACallback(ContinualCallback):
 
     def on_task_end(self, trainer, module, datamodule, task) -> None:
         if self.ema.ema:
+            broadcast_from_zero(self.ema.ema)  # equal on every rank up to non-deterministic accelerator sums
             with torch.no_grad():
                 torch._foreach_copy_(self.params, self.ema.ema)
         self.ema.clear()

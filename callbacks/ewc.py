@@ -10,11 +10,11 @@ from typing import Any
 
 import torch
 from cvit.callbacks.base import ContinualCallback
-from torch.utils.data import DataLoader
 
 from cvit.config.registry import register_callback
 from cvit.methods.ewc import FisherEstimate, Snapshot, ewc_penalty, merge_online, snapshot
 from cvit.model.encoders import to_accelerator
+from cvit.run.parallel import all_reduce_weighted_mean, distributed
 
 
 def trainable(module) -> dict[str, torch.nn.Parameter]:
@@ -40,26 +40,34 @@ class EWC(ContinualCallback):
 
     @torch.enable_grad()
     def fisher(self, trainer, module, datamodule, task) -> dict[str, torch.Tensor]:
-        """The empirical Fisher of the trainable parameters on the task's first `batches` training batches."""
+        """The empirical Fisher of the trainable parameters on the task's first `batches` training batches (global
+        batches under data parallelism: each rank takes its part of a batch and the gradients are averaged before
+        they are squared, as one process at the global batch would)."""
         from cvit.module import answer_loss, model_inputs  # cvit.module imports the callbacks package
 
         params = trainable(module)
         if not params:
             raise ValueError("EWC: the model has no trainable parameters")
-        loader = DataLoader(datamodule.train_set(task), batch_size=datamodule.batch_size,
-                            collate_fn=datamodule.collator.train_batch)
+        train_set, (rank, world) = datamodule.train_set(task), distributed()
         estimate, was_training = FisherEstimate(), module.training
         module.eval()
         try:
-            for index, batch in enumerate(loader):
-                if index == self.batches:
-                    break
-                batch = module.transfer_batch_to_device(batch, module.device, 0)
-                module.zero_grad(set_to_none=True)
-                with module.router.training(batch):
-                    with trainer.precision_plugin.forward_context():
-                        out = module.model(**model_inputs(batch))
-                    answer_loss(out.logits, batch["labels"], batch["loss_weight"]).backward()
+            for start in range(0, min(len(train_set), self.batches * datamodule.batch_size * world),
+                               datamodule.batch_size * world):
+                mine = range(start + rank * datamodule.batch_size, start + (rank + 1) * datamodule.batch_size)
+                mine = [i for i in mine if i < len(train_set)]
+                module.zero_grad(set_to_none=False)
+                if mine:  # the last global batch may leave a rank nothing
+                    batch = datamodule.collator.train_batch([train_set[i] for i in mine])
+                    batch = module.transfer_batch_to_device(batch, module.device, 0)
+                    with module.router.training(batch):
+                        with trainer.precision_plugin.forward_context():
+                            out = module.model(**model_inputs(batch))
+                        answer_loss(out.logits, batch["labels"], batch["loss_weight"]).backward()
+                for param in params.values():
+                    if param.grad is None:
+                        param.grad = torch.zeros_like(param)
+                all_reduce_weighted_mean([param.grad for param in params.values()], len(mine))
                 estimate.add(params)
         finally:
             module.zero_grad(set_to_none=True)

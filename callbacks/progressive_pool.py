@@ -33,6 +33,7 @@ from cvit.model.encoders import build_encoder, mean_embeddings, to_accelerator, 
 from cvit.model.mixing import mixed
 from cvit.model.pool import indexed_adapter
 from cvit.model.routing import Router, RowGroups, rows_by_key, whole_batch
+from cvit.run.parallel import broadcast_from_zero
 
 ALLOCATOR = "allocation"  # the dynamic allocator's name among the pool's extras
 
@@ -130,6 +131,8 @@ class ProgressiveLoRAPool(ContinualCallback):
         current = mean_embeddings(self.encoder, datamodule.train_set(task), self.embedding_samples,
                                   self.seed + index)
         self.embeddings[task.name] = current
+        # the recall counts round((1 - w) phi) are discrete: rank 0's embeddings decide for every rank
+        broadcast_from_zero([e for task_embeddings in self.embeddings.values() for e in task_embeddings.values()])
         self.similarity[task.name] = [similarity_weight(self.embeddings[p], current) for p in self.tasks[:-1]]
         fused = {t: w if self.weights == "similarity" else [1.0] * len(w) for t, w in self.similarity.items()}
         module.set_router(AllocationRouter(module, list(self.tasks), self.similarity, fused, self.allocator(module)))

@@ -165,7 +165,8 @@ class SMoLoRA(ContinualCallback):
         finally:
             self.context.recorder = None
             module.train(was_training)
-        self.write(trainer, stats, stage_name(index, task.name), index)
+        if trainer.is_global_zero:  # every rank probes the same items; one writes
+            self.write(trainer, stats, stage_name(index, task.name), index)
 
     def write(self, trainer, stats: RoutingStats, stage: str, index: int) -> None:
         out = Path(trainer.default_root_dir) / "smolora" / stage

@@ -31,7 +31,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
             print(f"\ninterrupted: completed tasks are saved in {run.run_dir.path}; continue with the same "
                   f"arguments and --resume {run.run_dir.path}", file=sys.stderr)
         raise
-    print(f"run directory: {run_dir}\nreport: {run_dir / 'report.md'}")
+    if run.rank == 0:
+        print(f"run directory: {run_dir}\nreport: {run_dir / 'report.md'}")
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -142,6 +143,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.work), Path(args.configs), tuple(args.methods or METHODS), args.templates, tuple(args.set))
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    from cvit.plan.report import plan
+
+    methods = [name for name in args.methods.split(",") if name] if args.methods else None
+    print(plan(args.config, args.overrides, methods, args.tasks, args.configs), end="")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cvit.synthetic.writer import SyntheticSizes
 
@@ -202,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     cka.add_argument("run_dir", help="a run directory with at least two completed stages")
     cka.add_argument("--samples", type=int, default=16, help="probe records per trained task (first test records)")
     cka.set_defaults(func=cmd_analyze_cka)
+    plan = sub.add_parser("plan", help="each method's adapter parameters and peak GPU memory (no GPU, no weights)")
+    add_config_args(plan)
+    plan.add_argument("--methods", metavar="A,B", help="names of configs/method/*.yaml (default: the config's own "
+                      "method if it sets one, else every method config)")
+    plan.add_argument("--tasks", type=int, metavar="N", help="stream length (default: the benchmark's)")
+    plan.add_argument("--configs", default="configs", help="the configs folder (methods, shipped architectures)")
+    plan.set_defaults(func=cmd_plan)
     demo = sub.add_parser("demo", help="methods on the synthetic stream, side by side (zero-shot, SeqLoRA, joint)")
     demo.add_argument("--methods", nargs="+", metavar="METHOD",
                       help="names of configs/method/*.yaml to run and compare (default: zeroshot seqlora joint)")

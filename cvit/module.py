@@ -27,6 +27,7 @@ from cvit.model.build import FAMILIES, load_mllm
 from cvit.model.pool import AdapterLayer, AdapterPool
 from cvit.model.routing import Router
 from cvit.run.optimization import build_optimizer, build_schedule
+from cvit.run.parallel import gather_objects
 
 MODEL_INPUTS = (
     "input_ids", "attention_mask", "pixel_values", "image_grid_thw", "image_sizes", "mm_token_type_ids"
@@ -73,6 +74,13 @@ class ContinualModule(L.LightningModule):
         self.router = Router()
         self.batch_context = ExitStack()  # the router's training context of the running batch
         self.generation_budgets: list[int] = [16]  # max_new_tokens per predict dataloader (set by the evaluator)
+        self.stay_on_device = False  # see `cpu`
+
+    def cpu(self) -> ContinualModule:
+        """Lightning's `Strategy.teardown` moves the module to the CPU after every `fit` and `predict`, and the
+        next one moves it back: minutes per stage for a 7B model, and a risk for 4-bit weights. While
+        `stay_on_device` is set (by the continual loop, for the run's stages) the module stays where it is."""
+        return self if self.stay_on_device else super().cpu()
 
     def set_router(self, router: Router | None) -> None:
         """Install the routing of every forward (None: no routing); the module owns it."""
@@ -86,22 +94,24 @@ class ContinualModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """In-flight checkpoints keep the trainable weights only (never the frozen or 4-bit base) and
-        the RNG states, so a resumed task draws the same dropout masks."""
+        every rank's RNG states (a list by global rank; called on every rank), so a resumed task draws the same
+        dropout masks."""
         trainable = {name for name, param in self.named_parameters() if param.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["rng"] = {"torch": torch.get_rng_state()}
+        rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
-            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+            rng["cuda"] = torch.cuda.get_rng_state()
+        checkpoint["rng"] = gather_objects(rng)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # applied at the next training batch: Lightning draws from the RNG while it restarts the data
-        self.pending_rng = checkpoint["rng"]
+        self.pending_rng = checkpoint["rng"][self.global_rank]
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.pending_rng is not None:
             torch.set_rng_state(self.pending_rng["torch"])
             if "cuda" in self.pending_rng:
-                torch.cuda.set_rng_state_all(self.pending_rng["cuda"])
+                torch.cuda.set_rng_state(self.pending_rng["cuda"])
             self.pending_rng = None
         self.batch_context.enter_context(self.router.training(batch))
 

@@ -23,6 +23,7 @@ from cvit.eval.scorers import (
     parse_box,
 )
 from cvit.run.evaluate import score_outputs
+from tests.writes import recorded_writes
 
 
 @pytest.mark.parametrize(
@@ -425,3 +426,24 @@ def test_an_evaluation_judges_each_item_once():
     scorer = MeanScorer("counted", lambda prediction, references: judged.append(prediction) or float(prediction == "a"))
     scores, items = scorer.score_items(["a", "b"], [["a"], ["a"]])
     assert judged == ["a", "b"] and items == [1.0, 0.0] and scores == {"score": 50.0}
+
+
+def test_caption_scoring_writes_nothing_inside_the_installed_package():
+    # as from a read-only install (tests/writes.py; the Java tokenizer and METEOR only read their jars)
+    from pycocoevalcap.tokenizer import ptbtokenizer
+
+    with recorded_writes() as written:
+        scores = get_scorer("caption").score(["a dog runs", "a cat"], [["a dog is running"], ["the cat sits"]])
+    package = str(Path(ptbtokenizer.__file__).resolve().parents[1])  # a namespace package: no __init__
+    assert scores["bleu1"] > 0 and written  # the tokenizer's temporary file was written (elsewhere)
+    assert not [path for path in written if str(Path(path).resolve()).startswith(package)]
+
+
+def test_the_tokenizer_matches_pycocoevalcaps():
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    from cvit.eval.ptb import ptb_tokenize
+
+    captions = {("a", 0): [{"caption": "A Dog, running!"}, {"caption": "naïve café — 3.5 km"}],
+                ("b", 1): [{"caption": ""}], ("c", 2): [{"caption": "It's \"quoted\" (x) -- ok..."}]}
+    assert ptb_tokenize(captions) == PTBTokenizer().tokenize(captions)

@@ -98,26 +98,36 @@ def load_config(
     in `sections` (e.g. ("benchmark",) for the data tools, which load no model)."""
     cfg = OmegaConf.structured(ExperimentConfig)
     sources = Sources()
-    parts: list[tuple[DictConfig, str]] = []
-    for file in files:
-        parts += load_yaml(Path(file))
-    if overrides:
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise ConfigError(f"{COMMAND_LINE}: override {bad[0]!r} is not of the form key=value")
-        try:
-            parts.append((OmegaConf.from_dotlist(list(overrides)), COMMAND_LINE))
-        except OmegaConfBaseException as err:
-            raise ConfigError(f"{COMMAND_LINE}: {str(err).splitlines()[0]}") from None
-    for part, origin in parts:
-        cfg = merge_one(cfg, part, origin)
-        sources.record(part, origin)
-    drop_null_callbacks(cfg)
+    parts = [part for file in files for part in load_yaml(Path(file))]
+    cfg = merge_parts(cfg, sources, parts + override_parts(overrides))
     if cfg.data.root is not None:
         cfg.benchmark.root = cfg.data.root
         sources.record(OmegaConf.create({"benchmark": {"root": cfg.data.root}}), sources.of("data.root"))
     check_missing(cfg if sections is None else OmegaConf.masked_copy(cfg, list(sections)))
     return cfg, sources
+
+
+def override_parts(overrides: Sequence[str]) -> list[tuple[DictConfig, str]]:
+    """The command line's `key=value` overrides as one (config, origin) part ([] without any)."""
+    if not overrides:
+        return []
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"{COMMAND_LINE}: override {bad[0]!r} is not of the form key=value")
+    try:
+        return [(OmegaConf.from_dotlist(list(overrides)), COMMAND_LINE)]
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{COMMAND_LINE}: {str(err).splitlines()[0]}") from None
+
+
+def merge_parts(cfg: DictConfig, sources: Sources, parts: list[tuple[DictConfig, str]]) -> DictConfig:
+    """`cfg` with the (config, origin) `parts` merged in order, each key's origin recorded in `sources`, and the
+    callbacks set to null dropped."""
+    for part, origin in parts:
+        cfg = merge_one(cfg, part, origin)
+        sources.record(part, origin)
+    drop_null_callbacks(cfg)
+    return cfg
 
 
 def drop_null_callbacks(cfg: DictConfig) -> None:

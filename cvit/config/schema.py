@@ -29,6 +29,8 @@ class LoraSchema:
 class ModelSchema:
     family: str = "llava"  # llava | qwen2_vl
     path: str = MISSING  # a local Hugging Face model folder (model + processor)
+    # a shipped architecture (configs/model/arch/<name>.json) used by cvit plan when model.path holds no config.json
+    architecture: str | None = None
     quantization: str = "none"  # none | nf4 | int8 (bitsandbytes; QLoRA with LoRA on top)
     compute_dtype: str = "float32"  # float32 | bfloat16 | float16: load dtype and 4-bit compute dtype
     gradient_checkpointing: bool = False
@@ -115,6 +117,12 @@ class TrainSchema:
     accumulate_grad_batches: int = 1
     precision: str = "32-true"  # Lightning precision, e.g. bf16-mixed on a GPU
     accelerator: str = "auto"
+    # data parallelism through Lightning's strategies (cvit/run/parallel.py): processes per node, nodes, and a
+    # strategy name (auto | ddp | fsdp | deepspeed_stage_2 | ...; never ddp_spawn). data.batch_size is per
+    # process, so the global batch is data.batch_size x accumulate_grad_batches x devices x num_nodes.
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
     seed: int = 0
     log_every_n_steps: int = 10
     # 0: the run directory is written between tasks only. N > 0: also an in-flight checkpoint every N

@@ -20,6 +20,7 @@ from cvit.data.records import TestRecord, TrainRecord, load_test, load_train
 from cvit.data.sampler import ResumableSampler
 from cvit.data.stream import Task
 from cvit.errors import DataError
+from cvit.run.parallel import shard
 
 
 class ContinualDataModule(L.LightningDataModule):
@@ -109,9 +110,11 @@ class ContinualDataModule(L.LightningDataModule):
         parts = [self.train_set(t) for t in self.stage]
         parts += [Subset(self.train_set(t, w), idx) for t, idx, w in self.replay if idx]
         dataset = ConcatDataset(parts)
+        trainer = self.trainer
         sampler = ResumableSampler(
             len(dataset), self.seed + 1000 * (self.stage[0].index + 1),
             lambda: self.batch_size * self.resumed_batches(),
+            *((trainer.global_rank, trainer.world_size) if trainer is not None else ()),
         )
         return DataLoader(
             dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=self.collator.train_batch,
@@ -123,8 +126,12 @@ class ContinualDataModule(L.LightningDataModule):
         trainer = self.trainer
         return 0 if trainer is None else trainer.fit_loop.epoch_loop.batch_progress.current.completed
 
-    def test_dataloader(self, task: Task) -> DataLoader:
+    def test_dataloader(self, task: Task, rank: int = 0, world: int = 1) -> DataLoader:
+        """The task's test records in order; under data parallelism rank `rank` of `world` takes its
+        `cvit.run.parallel.shard` of them (gathered back in order by `gather_in_order`)."""
+        test_set = self.test_set(task)
         return DataLoader(
-            self.test_set(task), batch_size=self.eval_batch_size, shuffle=False,
+            test_set if world == 1 else Subset(test_set, shard(len(test_set), rank, world)),
+            batch_size=self.eval_batch_size, shuffle=False,
             collate_fn=self.collator.eval_batch, num_workers=self.num_workers,
         )

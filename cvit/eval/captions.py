@@ -11,9 +11,9 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
-from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 from cvit.eval.items import Item, Scorer, checked_items
+from cvit.eval.ptb import ptb_tokenize
 
 Captions = dict[int, list[str]]
 
@@ -31,7 +31,7 @@ def _tokenized(items: list[Item], lenient: bool) -> tuple[Captions, Captions]:
     for index, (pred, refs) in enumerate(items):
         captions[("pred", index)] = [{"caption": _one_line(pred)}]
         captions[("ref", index)] = [{"caption": _one_line(ref)} for ref in refs]
-    tokens = PTBTokenizer().tokenize(captions)
+    tokens = ptb_tokenize(captions)
     gts, res = {}, {}
     for index, (_, refs) in enumerate(items):
         gts[index] = [ref for ref in tokens[("ref", index)] if ref or not lenient]

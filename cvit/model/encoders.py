@@ -78,7 +78,12 @@ def mllm_images(module: ContinualModule) -> Callable[[list[Image.Image]], torch.
         inputs = module.processor.image_processor(images, return_tensors="pt")
         device = model_device(module)
         inputs = {k: v.to(device) for k, v in inputs.items() if k in ("pixel_values", "image_grid_thw")}
-        per_image = base.get_image_features(**inputs).pooler_output
+        was_training = base.training
+        base.eval()  # no dropout: features that depend on no rank's random state (a fit leaves train mode on)
+        try:
+            per_image = base.get_image_features(**inputs).pooler_output
+        finally:
+            base.train(was_training)
         return torch.stack([tokens.float().mean(0) for tokens in per_image])
 
     return encode

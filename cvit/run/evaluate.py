@@ -14,6 +14,7 @@ from cvit.data.stream import Task
 from cvit.eval.mif import following_verdicts
 from cvit.eval.scorers import get_scorer
 from cvit.module import ContinualModule
+from cvit.run.parallel import gather_in_order, trainer_arguments
 
 
 @dataclass
@@ -25,11 +26,13 @@ class TaskResult:
 def predict_tasks(
     trainer: L.Trainer, module: ContinualModule, datamodule: ContinualDataModule, tasks: list[Task]
 ) -> list[list[str]]:
-    """Generated texts per task, in test-record order."""
+    """Generated texts per task, in test-record order, on every rank (each rank generates its shard)."""
+    rank, world = trainer.global_rank, trainer.world_size
     module.generation_budgets = [task.max_new_tokens for task in tasks]
-    batches = trainer.predict(module, dataloaders=[datamodule.test_dataloader(task) for task in tasks])
+    batches = trainer.predict(module, dataloaders=[datamodule.test_dataloader(task, rank, world) for task in tasks])
     per_task = batches if len(tasks) > 1 else [batches]  # Lightning unnests a single dataloader
-    return [[text for batch in task_batches for text in batch] for task_batches in per_task]
+    local = [[text for batch in task_batches for text in batch] for task_batches in per_task]
+    return [gather_in_order(texts) for texts in local]
 
 
 def score_outputs(
@@ -55,19 +58,22 @@ def evaluate_tasks(
     trainer: L.Trainer, module: ContinualModule, datamodule: ContinualDataModule, tasks: list[Task], relaxed: bool,
     caption_metric: str = "cider", scoring: str = "official",
 ) -> dict[str, TaskResult]:
+    """Each task's result, by name, on rank 0 (other ranks generate their shards and get {})."""
     if not tasks:
         return {}
     texts = predict_tasks(trainer, module, datamodule, tasks)
+    if trainer.global_rank != 0:
+        return {}  # every rank generates its shard; rank 0 scores the gathered texts
     return {
         task.name: score_outputs(task, datamodule.test_records[task.name], out, relaxed, caption_metric, scoring)
         for task, out in zip(tasks, texts, strict=True)
     }
 
 
-def evaluation_trainer(accelerator: str, precision: str) -> L.Trainer:
-    """A bare trainer for generation (no logger, checkpoints or method callbacks; grads allowed so
-    cached buffers are not inference tensors)."""
+def evaluation_trainer(train: Any) -> L.Trainer:
+    """A bare trainer for generation on the run's processes (`train`: the config's train section; no logger,
+    checkpoints or method callbacks; grads allowed so cached buffers are not inference tensors)."""
     return L.Trainer(
-        accelerator=accelerator, devices=1, precision=precision, logger=False, enable_checkpointing=False,
+        **trainer_arguments(train), precision=train.precision, logger=False, enable_checkpointing=False,
         inference_mode=False, enable_model_summary=False, enable_progress_bar=True,
     )

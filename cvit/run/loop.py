@@ -30,6 +30,7 @@ from cvit.reports.tensorboard import ContinualBoard
 from cvit.run.document import RunDocument
 from cvit.run.evaluate import evaluate_tasks, evaluation_trainer
 from cvit.run.inflight import AtomicCheckpointIO, inflight_callback, inflight_file
+from cvit.run.parallel import check_strategy, launch_rank, trainer_arguments, world_size
 from cvit.run.provenance import run_setup
 from cvit.run.rundir import RunDirectory, stage_name
 
@@ -61,12 +62,14 @@ class ContinualRun:
         self.cfg, self.sources = cfg, sources
         self.run_dir = RunDirectory(run_dir or default_run_dir(cfg))
         self.module = None
+        self.rank = launch_rank(cfg.train)  # only rank 0 writes the run directory
 
     def prepare(self) -> None:
         """Validate config and data; no model is loaded."""
         cfg = self.cfg
         validate_config(cfg, self.sources)
         self.callbacks = build_callbacks(cfg.callbacks, self.sources, cfg.method.mode)
+        check_strategy(cfg.train, self.callbacks, self.sources.of)
         self.stream, self.unseen = build_tasks(cfg.benchmark, self.sources)
         self.stages = plan_stages(cfg.method.mode, self.stream)
         self.datamodule = ContinualDataModule(
@@ -91,27 +94,31 @@ class ContinualRun:
         config_yaml = to_yaml(self.cfg)
         if resume:
             self.run_dir.check_resumable(config_yaml)
-            self.run_dir.remove_stale_temporaries()
+            if self.rank == 0:
+                self.run_dir.remove_stale_temporaries()
             doc = self.run_dir.load_matrix() or self.empty_matrix()
             if doc.completed == len(self.stages):
                 return self.run_dir.path  # nothing left to do: no model load
         else:
-            self.run_dir.check_new()
+            if self.rank == 0:
+                self.run_dir.check_new()
             doc = self.empty_matrix()
         self.load_model()  # before the run directory exists: a model that fails to load leaves nothing
-        if not resume:
+        if not resume and self.rank == 0:
             self.run_dir.create(config_yaml)
         start = doc.completed
         if start:
             self.restore(start - 1)
-        board = ContinualBoard(self.run_dir.path / "tb" / "continual")
+        board = ContinualBoard(self.run_dir.path / "tb" / "continual") if self.rank == 0 else None
         try:
             for index in range(start, len(self.stages)):
                 self.run_stage(index, doc)
-                board.log_stage(index, doc)
-                write_report(self.run_dir.path)
+                if board is not None:
+                    board.log_stage(index, doc)
+                    write_report(self.run_dir.path)
         finally:
-            board.close()
+            if board is not None:
+                board.close()
         return self.run_dir.path
 
     def load_model(self) -> None:
@@ -121,6 +128,7 @@ class ContinualRun:
         L.seed_everything(self.cfg.train.seed, verbose=False)  # the adapters' initial weights
         layers = [layer for cb in self.callbacks.values() if (layer := cb.adapter_layer()) is not None]
         self.module = ContinualModule(self.cfg.model, self.cfg.train, layers[0] if layers else None)
+        self.module.stay_on_device = True  # between the stages' fits and predicts
         model = self.cfg.model
         self.datamodule.attach_collator(
             Collator(self.module.processor, model.family, model.max_length, model.chat_format)
@@ -133,7 +141,7 @@ class ContinualRun:
             benchmark=cfg.benchmark.name, stages=[s.name for s in self.stages],
             scorers={t.name: t.scorer for t in self.stream + self.unseen}, relaxed=cfg.eval.relaxed,
             unseen_tasks=[t.name for t in self.datamodule.unseen],
-            protocol=OmegaConf.to_container(cfg.benchmark.protocol), setup=run_setup(cfg),
+            protocol=OmegaConf.to_container(cfg.benchmark.protocol), setup=run_setup(cfg, world_size(cfg.train)),
         )
 
     def restore(self, index: int) -> None:
@@ -151,7 +159,7 @@ class ContinualRun:
         if cfg.checkpoint_every_n_steps > 0:
             extra.append(inflight_callback(self.inflight_dir(index, stage), cfg.checkpoint_every_n_steps))
         return L.Trainer(
-            accelerator=cfg.accelerator, devices=1, precision=cfg.precision, max_epochs=cfg.epochs,
+            **trainer_arguments(cfg), precision=cfg.precision, max_epochs=cfg.epochs,
             max_steps=cfg.max_steps, gradient_clip_val=cfg.grad_clip or None,
             accumulate_grad_batches=cfg.accumulate_grad_batches, log_every_n_steps=cfg.log_every_n_steps,
             logger=TensorBoardLogger(self.run_dir.path / "tb", name="train", version=stage_name(index, stage.name)),
@@ -176,6 +184,8 @@ class ContinualRun:
         for callback in self.callbacks.values():
             callback.on_task_end(trainer, module, datamodule, stage.task)
         row = self.evaluate_stage(index, stage, doc)
+        if row is None:
+            return  # not rank 0: the run directory and the run document are rank 0's
         self.run_dir.save_stage(
             index, stage.name, module.pool, {k: cb.state_dict() for k, cb in self.callbacks.items()}
         )
@@ -200,15 +210,18 @@ class ContinualRun:
         future = self.stream[index + 1:] if self.cfg.eval.future_tasks else []
         return self.stream[: index + 1], future
 
-    def evaluate_stage(self, index: int, stage: Stage, doc: RunDocument) -> dict[str, list[float]]:
-        """Scores of the seen, future and unseen tasks after stage `index` (one predict call)."""
+    def evaluate_stage(self, index: int, stage: Stage, doc: RunDocument) -> dict[str, list[float]] | None:
+        """Scores of the seen, future and unseen tasks after stage `index` (one predict call, sharded over the
+        ranks); None on ranks other than 0, which only generate."""
         seen, future = self.evaluated_tasks(index)
         groups = {"seen": seen, "future": future, "unseen": self.datamodule.unseen}
-        trainer = evaluation_trainer(self.cfg.train.accelerator, self.cfg.train.precision)
+        trainer = evaluation_trainer(self.cfg.train)
         results = evaluate_tasks(
             trainer, self.module, self.datamodule, [t for tasks in groups.values() for t in tasks],
             self.cfg.eval.relaxed, self.cfg.benchmark.protocol.caption_metric, self.cfg.eval.scoring,
         )
+        if trainer.global_rank != 0:
+            return None
         for name, result in results.items():
             self.run_dir.save_predictions(index, stage.name, name, result.predictions)
             doc.details.setdefault(name, {})[stage_name(index, stage.name)] = result.scores

@@ -1,0 +1,121 @@
+"""Data parallelism on CPU with 2 processes (gloo, Lightning's own subprocess launcher, started from `cvit fit`):
+every method trains and evaluates as one process does at the same global batch, every rank holds the same
+method state, and a 2-process run killed mid-task resumes. One process runs at batch 16, two at batch 8 each.
+
+Tolerance: the two runs see the same 16 samples per step; they differ only in the order of floating-point sums
+(DDP averages two per-rank means where one process takes one mean over 16 samples, so answer tokens are
+weighted per rank) — measured below 1e-5 on the adapters after two tasks; asserted at 1e-4 (weights) and
+2e-3 (relative, method statistics).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cvit.run.loop import ContinualRun
+from tests.conftest import CONFIGS, REPO
+
+pytestmark = pytest.mark.multiprocess
+
+PROBE = REPO / "tests" / "parallel" / "rank_probe.yaml"
+STREAM = ("benchmark.order=[colour_mc,count_vqa]", "eval.unseen=false", "data.max_test_samples=7")
+METHODS = ("seqlora", "joint", "replay", "ewc", "lwf", "olora", "moelora", "llaca", "proglora_static",
+           "proglora_dynamic", "hide", "smolora")
+
+
+def method_files(method: str) -> list[Path]:
+    return [CONFIGS / "model" / "tiny_llava.yaml", CONFIGS / "benchmark" / "synthetic.yaml",
+            CONFIGS / "method" / f"{method}.yaml", PROBE]
+
+
+def fit_two_processes(method: str, overrides: list[str], resume: Path | None = None,
+                      kill_at: str = "") -> subprocess.CompletedProcess:
+    """`cvit fit` on 2 CPU processes (Lightning's launcher re-runs the command for rank 1); `kill_at`:
+    "<task>:<step>" where every rank kills itself (tests/parallel/rank_probe.py)."""
+    command = [sys.executable, "-m", "cvit.cli", "fit", *[f"-c={path}" for path in method_files(method)],
+               *overrides, "train.devices=2", "train.strategy=ddp", "train.accelerator=cpu", "data.batch_size=8",
+               *(["--resume", str(resume)] if resume else [])]
+    env = {**os.environ, "RANK_PROBE_KILL_AT": kill_at}
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+
+
+def small(synthetic_root, tiny_model_dir, tmp_path, name: str) -> list[str]:
+    from tests.conftest import small_overrides
+
+    return [*small_overrides(synthetic_root, tiny_model_dir, tmp_path / "runs"), *STREAM, f"run.name={name}",
+            f"callbacks.probe.folder={tmp_path / name}"]
+
+
+def adapters(run: Path) -> dict[str, torch.Tensor]:
+    stage = sorted((run / "stages").iterdir())[-1] / "adapters"
+    return {f"{file.parent.name}/{key}": value for file in stage.rglob("*.safetensors")
+            for key, value in load_file(file).items()}
+
+
+def tensors(state, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor (and number) inside a nested state, by path."""
+    if isinstance(state, dict):
+        return {k: v for key, item in state.items() for k, v in tensors(item, f"{prefix}/{key}").items()}
+    if isinstance(state, (list, tuple)):
+        return {k: v for index, item in enumerate(state) for k, v in tensors(item, f"{prefix}/{index}").items()}
+    if isinstance(state, torch.Tensor):
+        return {prefix: state}
+    return {prefix: torch.tensor(float(state))} if isinstance(state, (int, float)) else {}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_processes_train_as_one_at_equal_global_batch(method, synthetic_root, tiny_model_dir, tmp_path):
+    from cvit.config.load import load_config
+
+    one_args = small(synthetic_root, tiny_model_dir, tmp_path, "one")
+    cfg, sources = load_config(method_files(method), one_args)
+    one = ContinualRun(cfg, sources).run()
+    two = fit_two_processes(method, small(synthetic_root, tiny_model_dir, tmp_path, "two"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    two_dir = tmp_path / "runs" / "two"
+
+    doc_one, doc_two = (json.loads((run / "matrix.json").read_text()) for run in (one, two_dir))
+    assert doc_two["setup"]["world_size"] == 2 and doc_two["setup"]["global_batch"] == doc_one["setup"]["global_batch"]
+    assert doc_two["matrix"] == doc_one["matrix"]
+    for file in (one / "predictions").rglob("*.jsonl"):  # every item once, in the records' order
+        assert (two_dir / file.relative_to(one)).read_text() == file.read_text()
+    expected, got = adapters(one), adapters(two_dir)
+    assert expected.keys() == got.keys()
+    assert all(torch.allclose(expected[k], got[k], atol=1e-4) for k in expected)
+
+    for stage in doc_one["stages"]:
+        single = torch.load(tmp_path / "one" / f"rank0-{stage}.pt", weights_only=True)
+        ranks = [torch.load(tmp_path / "two" / f"rank{r}-{stage}.pt", weights_only=True) for r in (0, 1)]
+        per_rank = [tensors(state) for state in ranks]
+        assert per_rank[0].keys() == per_rank[1].keys() == tensors(single).keys()
+        for key, value in per_rank[0].items():  # the same state on every rank (EMA, anchors, Fisher, ...)
+            assert torch.equal(value, per_rank[1][key]), f"{method} {stage}: rank 1 differs at {key}"
+        for key, value in tensors(single).items():  # and the single process's, at the stated tolerance
+            assert torch.allclose(value.double(), per_rank[0][key].double(), rtol=2e-3, atol=1e-4), \
+                f"{method} {stage}: 2 processes differ from 1 at {key}"
+
+
+def test_a_two_process_run_killed_mid_task_resumes(synthetic_root, tiny_model_dir, tmp_path):
+    common = ["train.checkpoint_every_n_steps=1"]
+    straight = fit_two_processes("llaca", [*small(synthetic_root, tiny_model_dir, tmp_path, "straight"), *common])
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    args = [*small(synthetic_root, tiny_model_dir, tmp_path, "killed"), *common]
+    killed = fit_two_processes("llaca", args, kill_at="count_vqa:1")
+    assert killed.returncode != 0
+    run = tmp_path / "runs" / "killed"
+    assert json.loads((run / "matrix.json").read_text())["completed"] == 1
+    assert (run / "inflight" / "01_count_vqa" / "inflight.ckpt").is_file()
+    resumed = fit_two_processes("llaca", args, resume=run)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run / "matrix.json").read_text())["matrix"] == \
+        json.loads((tmp_path / "runs" / "straight" / "matrix.json").read_text())["matrix"]
+    expected, got = adapters(tmp_path / "runs" / "straight"), adapters(run)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
