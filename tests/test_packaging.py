@@ -20,3 +20,12 @@ def test_callbacks_folder_is_cvit_callbacks_and_no_top_level_callbacks(tmp_path)
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
     assert importlib.util.find_spec("cvit.callbacks.replay") is not None
+
+
+def test_every_package_folder_is_installed():
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(init.parent.relative_to(repo).parts) for init in (repo / "cvit").rglob("__init__.py")}
+    assert folders | {"cvit.callbacks"} == listed
