@@ -12,9 +12,10 @@ import torch
 from cvit.callbacks.base import ContinualCallback
 
 from cvit.config.registry import register_callback
+from cvit.data.collate import IGNORE_INDEX
 from cvit.methods.ewc import FisherEstimate, Snapshot, ewc_penalty, merge_online, snapshot
 from cvit.model.encoders import to_accelerator
-from cvit.run.parallel import all_reduce_weighted_mean, distributed
+from cvit.run.parallel import distributed, mean_over_ranks
 
 
 def trainable(module) -> dict[str, torch.nn.Parameter]:
@@ -43,7 +44,7 @@ class EWC(ContinualCallback):
         """The empirical Fisher of the trainable parameters on the task's first `batches` training batches (global
         batches under data parallelism: each rank takes its part of a batch and the gradients are averaged before
         they are squared, as one process at the global batch would)."""
-        from cvit.module import answer_loss, model_inputs  # cvit.module imports the callbacks package
+        from cvit.module import answer_loss, model_inputs, rank_share_of_tokens  # cvit.module imports this package
 
         params = trainable(module)
         if not params:
@@ -63,11 +64,14 @@ class EWC(ContinualCallback):
                     with module.router.training(batch):
                         with trainer.precision_plugin.forward_context():
                             out = module.model(**model_inputs(batch))
-                        answer_loss(out.logits, batch["labels"], batch["loss_weight"]).backward()
+                        tokens = rank_share_of_tokens(batch["labels"])
+                        answer_loss(out.logits, batch["labels"], batch["loss_weight"], tokens).backward()
+                else:
+                    rank_share_of_tokens(torch.full((1, 1), IGNORE_INDEX, device=module.device))  # a share of 0 tokens
                 for param in params.values():
                     if param.grad is None:
                         param.grad = torch.zeros_like(param)
-                all_reduce_weighted_mean([param.grad for param in params.values()], len(mine))
+                mean_over_ranks([param.grad for param in params.values()])
                 estimate.add(params)
         finally:
             module.zero_grad(set_to_none=True)

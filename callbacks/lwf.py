@@ -46,12 +46,13 @@ class LwF(ContinualCallback):
     def training_loss(self, module, batch, outputs) -> dict[str, torch.Tensor]:
         if self.teacher is None or self.weight == 0:
             return {}
-        from cvit.module import model_inputs  # cvit.module imports the callbacks package
+        from cvit.module import model_inputs, rank_share_of_tokens  # cvit.module imports the callbacks package
 
         with torch.no_grad():
             teacher = torch.func.functional_call(module.model, self.teacher, args=(), kwargs=model_inputs(batch),
                                                  strict=False)
-        term = distillation_kl(outputs.logits, teacher.logits, batch["labels"], self.temperature)
+        term = distillation_kl(outputs.logits, teacher.logits, batch["labels"], self.temperature,
+                               rank_share_of_tokens(batch["labels"]))
         return {"lwf": self.weight * term}
 
     def state_dict(self) -> dict[str, Any]:

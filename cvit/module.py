@@ -27,7 +27,7 @@ from cvit.model.build import FAMILIES, load_mllm
 from cvit.model.pool import AdapterLayer, AdapterPool
 from cvit.model.routing import Router
 from cvit.run.optimization import build_optimizer, build_schedule
-from cvit.run.parallel import gather_objects
+from cvit.run.parallel import distributed, gather_objects, mean_over_ranks
 
 MODEL_INPUTS = (
     "input_ids", "attention_mask", "pixel_values", "image_grid_thw", "image_sizes", "mm_token_type_ids"
@@ -39,17 +39,31 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
 
 
-def answer_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                tokens: torch.Tensor | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy over answer tokens, tokens weighted by their sample's weight.
 
     logits [B, L, V], labels [B, L] (IGNORE_INDEX off-answer), weights [B] -> scalar. Only the answer
     positions are cast to fp32 (a full-vocabulary fp32 copy of all logits would cost GBs on real models).
+    `tokens`: the mean's denominator (default: this batch's answer tokens); under data parallelism the
+    `rank_share_of_tokens`, so that DDP's average of the ranks' gradients is the gradient of the mean over
+    every rank's tokens, as one process at the global batch takes it.
     """
     labels = labels[:, 1:]
     mask = labels != IGNORE_INDEX
     token_loss = F.cross_entropy(logits[:, :-1][mask].float(), labels[mask], reduction="none")
     token_weights = weights[:, None].expand_as(labels)[mask].to(token_loss.dtype)
-    return (token_loss * token_weights).sum() / mask.sum().clamp(min=1)
+    return (token_loss * token_weights).sum() / (mask.sum().clamp(min=1) if tokens is None else tokens)
+
+
+def rank_share_of_tokens(labels: torch.Tensor) -> torch.Tensor | None:
+    """The answer tokens of [B, L] `labels` averaged over the ranks (a float scalar; a collective, so every rank
+    calls it at the same step), or None in a single process."""
+    if distributed()[1] == 1:
+        return None
+    tokens = (labels[:, 1:] != IGNORE_INDEX).sum().float()
+    mean_over_ranks([tokens])
+    return tokens.clamp(min=1)
 
 
 class ContinualModule(L.LightningModule):
@@ -127,7 +141,7 @@ class ContinualModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         outputs = self.model(**model_inputs(batch))
-        loss = answer_loss(outputs.logits, batch["labels"], batch["loss_weight"])
+        loss = answer_loss(outputs.logits, batch["labels"], batch["loss_weight"], rank_share_of_tokens(batch["labels"]))
         self.log("loss/answer", loss, prog_bar=True, batch_size=len(batch["labels"]))
         for callback in self.continual_callbacks():
             for name, term in callback.training_loss(self, batch, outputs).items():

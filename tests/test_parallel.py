@@ -2,10 +2,10 @@
 every method trains and evaluates as one process does at the same global batch, every rank holds the same
 method state, and a 2-process run killed mid-task resumes. One process runs at batch 16, two at batch 8 each.
 
-Tolerance: the two runs see the same 16 samples per step; they differ only in the order of floating-point sums
-(DDP averages two per-rank means where one process takes one mean over 16 samples, so answer tokens are
-weighted per rank) — measured below 1e-5 on the adapters after two tasks; asserted at 1e-4 (weights) and
-2e-3 (relative, method statistics).
+Tolerance: the two runs see the same 16 samples per step and take the same mean over their answer tokens
+(cvit.module.rank_share_of_tokens); they differ in the order of floating-point sums only, which AdamW amplifies
+where a gradient is near zero (LoRA's A at the first steps) — measured below 1e-5 on the adapters after two tasks;
+asserted at 1e-4 (weights) and 2e-3 (relative, method statistics). Every rank must hold the same state exactly.
 """
 
 from __future__ import annotations

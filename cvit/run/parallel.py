@@ -120,17 +120,12 @@ def gather_in_order(local: list[Any]) -> list[Any]:
     return ordered
 
 
-def all_reduce_weighted_mean(tensors: Sequence[torch.Tensor], weight: float) -> None:
-    """Replace each of `tensors` in place by sum_r weight_r x tensor_r / sum_r weight_r over the ranks (e.g.
-    per-rank gradients weighted by their sample counts; unchanged in a single process)."""
-    if distributed()[1] == 1:
-        return
-    total = torch.tensor(float(weight), device=tensors[0].device if tensors else None)
-    dist.all_reduce(total)
-    for tensor in tensors:
-        tensor.mul_(weight)
+def mean_over_ranks(tensors: Sequence[torch.Tensor]) -> None:
+    """Replace each of `tensors` (floating point) in place by its mean over the ranks (unchanged in one process)."""
+    world = distributed()[1]
+    for tensor in tensors if world > 1 else ():
         dist.all_reduce(tensor)
-        tensor.div_(total)
+        tensor.div_(world)
 
 
 def broadcast_from_zero(tensors: Sequence[Any]) -> None:
