@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from cvit.methods.codebook import InstructionCodebook, pair_similarity
+from cvit.methods.codebook import InstructionCodebook, pair_similarity, similarity_matrix
 
 SHORT = "Answer the question using a single word or phrase."
 LETTER = "Answer with the option's letter from the given choices directly."
 BOX = "Please provide the bounding box coordinate of the region this sentence describes."
 OBJECT = "Answer the object in the image using a single word or phrase."
+
+
+def test_all_pairs_at_once_equal_the_pairwise_fits():
+    texts = [SHORT, LETTER, BOX, OBJECT, "", "the a an", "Word word WORD, word!", "Answer answer question",
+             "x y", "Describe the image briefly.", "What is the colour of the car? Answer the question.",
+             "Provide a one-sentence caption for the provided image.", "answer"]
+    matrix = similarity_matrix(texts, texts[::-1] + ["Answer the question using a single word or phrase."])
+    expected = [[pair_similarity(a, b) for b in texts[::-1] + [SHORT]] for a in texts]
+    assert matrix.shape == (len(texts), len(texts) + 1)
+    assert np.abs(matrix - np.array(expected)).max() < 1e-9
+    assert matrix[0, -1] == 1.0 and ((0 < matrix) & (matrix < 1)).sum() > 10  # the same text; shared words
+    assert similarity_matrix(["the", "a"], ["an"]).tolist() == [[0.0], [0.0]]  # no word in any text
 
 
 def test_pair_similarity_is_tfidf_cosine_fitted_on_the_pair():
