@@ -108,6 +108,12 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(write_report(Path(args.run_dir)))
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from cvit.reports.compare import compare_runs
+
+    print(compare_runs([Path(run) for run in args.run_dirs], Path(args.out) if args.out else None), end="")
+
+
 def cmd_tiny_model(args: argparse.Namespace) -> None:
     if args.family == "qwen2_vl":
         from cvit.model.tiny_qwen import save_tiny_qwen2vl as save
@@ -181,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="(re)write a run's report.md and matrix.png")
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
+    compare = sub.add_parser("compare", help="several runs' metrics side by side (and plots with --out)")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--out", metavar="DIR", help="also write comparison.md, tradeoff.png and matrices.png here")
+    compare.set_defaults(func=cmd_compare)
     tiny = sub.add_parser("tiny-model", help="build a tiny model (LLaVA or Qwen2-VL) offline and save it")
     tiny.add_argument("out_dir")
     tiny.add_argument("--family", choices=("llava", "qwen2_vl"), default="llava")

@@ -45,15 +45,21 @@ def heatmap_figure(
     """Heatmap of matrix[j][i] (row j: after training stage j; column i: task i) on a 0..100 colour
     scale, every cell annotated, cells past a row's end left blank. Rows are labelled "after <tasks[j]>"
     unless `row_labels` are given. Drawn on its own Agg canvas, outside pyplot's global state."""
+    figure = Figure(figsize=(2.5 + 0.9 * len(tasks), 1.5 + 0.55 * len(matrix)), layout="constrained")
+    FigureCanvasAgg(figure)
+    draw_heatmap(figure, figure.add_subplot(), tasks, matrix, title, row_labels)
+    return figure
+
+
+def draw_heatmap(figure: Figure, axes, tasks: list[str], matrix: list[list[float]], title: str = "",
+                 row_labels: list[str] | None = None) -> None:
+    """`heatmap_figure`'s drawing on `axes` of `figure` (with its colour bar), e.g. one cell of a grid."""
     if not matrix or any(len(row) > len(tasks) for row in matrix):
         raise ValueError(f"need 1 or more rows of at most {len(tasks)} scores, got {len(matrix)} rows")
     labels = row_labels if row_labels is not None else [f"after {task}" for task in tasks[: len(matrix)]]
     values = np.full((len(matrix), len(tasks)), np.nan)
     for j, row in enumerate(matrix):
         values[j, : len(row)] = row
-    figure = Figure(figsize=(2.5 + 0.9 * len(tasks), 1.5 + 0.55 * len(matrix)), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
     image = axes.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=100, aspect="auto")
     for (j, i), value in np.ndenumerate(values):
@@ -65,7 +71,6 @@ def heatmap_figure(
     axes.set_xlabel("evaluated task")
     axes.set_title(title)
     figure.colorbar(image, ax=axes, label="score")
-    return figure
 
 
 def row_labels(doc: RunDocument, count: int) -> list[str]:

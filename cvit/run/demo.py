@@ -10,13 +10,10 @@ from omegaconf import OmegaConf
 
 from cvit.config.load import load_config
 from cvit.errors import ConfigError
-from cvit.eval.metrics import run_metrics
 from cvit.model.tiny import save_tiny_llava
-from cvit.reports.run_report import markdown_table, metrics_table
-from cvit.run.document import RunDocument
+from cvit.reports.compare import compare_runs
 from cvit.run.loop import ContinualRun
 from cvit.run.pretrain import base_train
-from cvit.run.rundir import RunDirectory
 from cvit.synthetic.writer import make_synthetic, read_manifest
 
 METHODS = ("zeroshot", "seqlora", "joint")
@@ -58,17 +55,6 @@ def run_method(method: str, work: Path, configs: Path, data: Path, model: Path, 
     return run.run(resume=run.run_dir.exists)  # a finished run returns at once, a stopped one continues
 
 
-def parameters_table(docs: dict[str, RunDocument]) -> str:
-    """A row per method: the last stage's adapter parameter counts and the run's time (the sum of its completed
-    stages' train + evaluation seconds)."""
-    rows = []
-    for method, doc in docs.items():
-        last = doc.parameters[-1]
-        counts = [f"{last[k]:,}" for k in ("trainable", "stored", "inference")]
-        rows.append([method, *counts, f"{sum(doc.seconds):.0f}"])
-    return markdown_table(["method", "trainable", "stored", "inference", "seconds"], rows)
-
-
 def run_demo(work: Path, configs: Path, methods: tuple[str, ...] = METHODS, templates: str = "single",
              settings: tuple[str, ...] = ()) -> None:
     """Run each of `methods` (names of configs/method/*.yaml) on the embedded default with the `templates` variant
@@ -79,18 +65,11 @@ def run_demo(work: Path, configs: Path, methods: tuple[str, ...] = METHODS, temp
         raise ConfigError(f"no method config {', '.join(missing)} in {configs / 'method'}")
     started = time.perf_counter()
     data, model = prepare_world(work)
-    docs, reports = {}, {}
-    for method in methods:
-        run_dir = run_method(method, work, configs, data, model, templates, settings)
-        docs[method] = RunDirectory(run_dir).load_matrix()
-        reports[method] = run_dir / "report.md"
-    print(f"\nContinual metrics on the synthetic stream ({templates}-type instructions), all tasks "
-          "(caption: CIDEr x100):")
-    print(metrics_table({method: run_metrics(doc) for method, doc in docs.items()}))
-    print("\nThe same without the caption task (every score 0-100):")
-    print(metrics_table({method: run_metrics(doc, ("caption",)) for method, doc in docs.items()}))
-    print("\nAdapter parameters after the last stage (trained in it / stored / loaded at inference), run time:")
-    print(parameters_table(docs))
-    for method, path in reports.items():
-        print(f"  {method:<9} report: {path}")
+    runs = {method: run_method(method, work, configs, data, model, templates, settings) for method in methods}
+    out = work / "runs" / f"compare-{'-'.join(methods)}{'' if templates == 'single' else f'-{templates}'}"
+    print(f"\nOn the synthetic stream ({templates}-type instructions):")
+    print(compare_runs(list(runs.values()), out))
+    for method, path in runs.items():
+        print(f"  {method:<9} report: {path / 'report.md'}")
+    print(f"  side by side, with plots: {out / 'comparison.md'}")
     print(f"demo finished in {time.perf_counter() - started:.0f} s")

@@ -1,0 +1,61 @@
+"""`cvit compare` on hand-written run documents with hand-computed metrics."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from cvit.reports.compare import compare_runs
+from cvit.run.document import RunDocument
+from cvit.run.rundir import RunDirectory
+
+SEQUENTIAL = RunDocument(
+    tasks=["colour", "caption"], method="seqlora", stages=["colour", "caption"],
+    scorers={"colour": "exact", "caption": "caption"}, matrix=[[50.0], [40.0, 120.0]],
+    parameters=[{"trainable": 10, "stored": 10, "inference": 10}, {"trainable": 10, "stored": 20, "inference": 12}],
+    seconds=[1.5, 2.5], completed=2,
+)
+JOINT = RunDocument(
+    tasks=["colour", "caption"], method="joint", mode="joint", stages=["joint"],
+    scorers={"colour": "exact", "caption": "caption"}, matrix=[[60.0, 130.0]],
+    parameters=[{"trainable": 10, "stored": 10, "inference": 10}], seconds=[7.0], completed=1,
+)
+
+
+def runs(tmp_path):
+    folders = []
+    for name, doc in (("demo-seqlora", SEQUENTIAL), ("demo-joint", JOINT)):
+        (tmp_path / name).mkdir()
+        RunDirectory(tmp_path / name).save_matrix(doc)
+        folders.append(tmp_path / name)
+    return folders
+
+
+def row(text: str, section: int, name: str) -> list[str]:
+    """The cells of run `name` in the `section`-th table of `text`."""
+    table = [line for line in text.split("\n\n")[section].splitlines() if line.startswith(f"| {name} ")][0]
+    return [cell.strip() for cell in table.strip("|").split("|")]
+
+
+def test_runs_side_by_side_with_and_without_captions(tmp_path):
+    text = compare_runs(runs(tmp_path), tmp_path / "out")
+    # seqlora: last (40 + 120) / 2 = 80, MAA (50 + 80) / 2 = 65, BWT 40 - 50 = -10; without captions last 40;
+    # joint: last (60 + 130) / 2 = 95, 60 without captions
+    assert row(text, 0, "demo-seqlora")[1:4] == ["80.00", "65.00", "-10.00"]
+    assert row(text, 0, "demo-joint")[1] == "95.00" and row(text, 0, "demo-joint")[3] == "-"
+    assert row(text, 1, "demo-seqlora")[1] == "40.00" and row(text, 1, "demo-joint")[1] == "60.00"
+    assert row(text, 2, "demo-seqlora") == ["demo-seqlora", "10", "20", "12", "4"]
+    assert (tmp_path / "out" / "comparison.md").read_text().startswith(text)
+    for image in ("tradeoff.png", "matrices.png"):
+        assert (tmp_path / "out" / image).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_command_compares_and_names_a_folder_without_a_run(tmp_path):
+    folders = runs(tmp_path)
+    out = subprocess.run([sys.executable, "-m", "cvit.cli", "compare", *map(str, folders)], capture_output=True,
+                         text=True)
+    assert out.returncode == 0 and "demo-joint" in out.stdout and "demo-seqlora" in out.stdout
+    (tmp_path / "empty").mkdir()
+    bad = subprocess.run([sys.executable, "-m", "cvit.cli", "compare", str(tmp_path / "empty")], capture_output=True,
+                         text=True)
+    assert bad.returncode != 0 and "empty" in bad.stderr and "matrix.json" in bad.stderr
