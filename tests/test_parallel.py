@@ -20,6 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cvit.data.collate import IGNORE_INDEX
 from cvit.run.loop import ContinualRun
 from tests.conftest import CONFIGS, REPO
 
@@ -119,3 +120,44 @@ def test_a_two_process_run_killed_mid_task_resumes(synthetic_root, tiny_model_di
         json.loads((tmp_path / "runs" / "straight" / "matrix.json").read_text())["matrix"]
     expected, got = adapters(tmp_path / "runs" / "straight"), adapters(run)
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def halves_gradient(rank: int, logits: torch.Tensor, labels: torch.Tensor, port: int, out: str) -> None:
+    """Rank `rank` of 2 (gloo): the gradient of its half of the batch under the token share, averaged as DDP does."""
+    import torch.distributed as dist
+
+    from cvit.module import answer_loss, rank_share_of_tokens
+    from cvit.run.parallel import mean_over_ranks
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    part = slice(rank * 2, rank * 2 + 2)
+    mine = logits[part].clone().requires_grad_(True)
+    loss = answer_loss(mine, labels[part], torch.ones(2), rank_share_of_tokens(labels[part]))
+    loss.backward()
+    full = torch.zeros_like(logits)
+    full[part] = mine.grad
+    mean_over_ranks([full])
+    torch.save(full, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_ranks_take_the_gradient_of_one_mean_over_all_answer_tokens(tmp_path):
+    # halves with 1 + 1 and 4 + 3 answer tokens: a plain per-rank mean would weigh the first half's tokens 3.5x
+    import socket
+
+    from cvit.module import answer_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 6, 5)
+    labels = torch.full((4, 6), IGNORE_INDEX)
+    labels[0, 5], labels[1, 5] = 1, 2
+    labels[2, 2:] = torch.tensor([1, 2, 3, 4])
+    labels[3, 3:] = torch.tensor([0, 1, 2])
+    whole = logits.clone().requires_grad_(True)
+    answer_loss(whole, labels, torch.ones(4)).backward()
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    torch.multiprocessing.spawn(halves_gradient, args=(logits, labels, port, str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        assert torch.allclose(torch.load(tmp_path / f"rank{rank}.pt"), whole.grad, atol=1e-7)
