@@ -123,10 +123,11 @@ def cmd_tiny_model(args: argparse.Namespace) -> None:
 
 
 def cmd_make_synthetic(args: argparse.Namespace) -> None:
+    from cvit.synthetic.tasks import LONG_TASKS, TASKS
     from cvit.synthetic.writer import SyntheticSizes, make_synthetic
 
     sizes = SyntheticSizes(train=args.train, test=args.test, base=args.base, seed=args.seed)
-    print(make_synthetic(args.out_dir, sizes))
+    print(make_synthetic(args.out_dir, sizes, LONG_TASKS if args.long else TASKS))
 
 
 def cmd_base_train(args: argparse.Namespace) -> None:
@@ -147,6 +148,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from cvit.run.demo import METHODS, run_demo
 
     run_demo(Path(args.work), Path(args.configs), tuple(args.methods or METHODS), args.templates, tuple(args.set))
+
+
+def cmd_results(args: argparse.Namespace) -> None:
+    from cvit.run.results import run_results
+
+    print(run_results(Path(args.work), Path(args.configs), Path(args.out)))
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
@@ -203,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--test", type=int, default=defaults.test, help="test records per task")
     synthetic.add_argument("--base", type=int, default=defaults.base, help="records of the base-training mixture")
     synthetic.add_argument("--seed", type=int, default=defaults.seed)
+    synthetic.add_argument("--long", action="store_true",
+                           help="the long stream's twelve training tasks (configs/benchmark/synthetic_long.yaml)")
     synthetic.set_defaults(func=cmd_make_synthetic)
     base = sub.add_parser("base-train", help="base-train the tiny model on the synthetic base mixture")
     base.add_argument("--model", required=True, help="tiny model folder")
@@ -237,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--work", default="work", help="folder for the model, data and runs")
     demo.add_argument("--configs", default="configs", help="the configs folder")
     demo.set_defaults(func=cmd_demo)
+    results = sub.add_parser("results", help="every method and baseline on the synthetic stream: results/synthetic.md")
+    results.add_argument("--work", default="work", help="folder for the model, data and runs")
+    results.add_argument("--configs", default="configs", help="the configs folder")
+    results.add_argument("--out", default="results", help="folder for synthetic.md and its plots")
+    results.set_defaults(func=cmd_results)
     return parser
 
 

@@ -159,3 +159,24 @@ def test_grounding_answer_bbox_forms(tmp_path):
     assert record_answers({"answers": [{"answer": "yes"}, {"answer": "no"}]}, "f: record 0", "0") == ("yes", "no")
     with pytest.raises(DataError, match="must hold four numbers normalised"):
         record_answers({"answer_bbox": [10, 20, 30, 40], "size": [64, 64]}, "f: record 0", "0")
+
+
+def test_the_long_stream_extends_the_default_with_the_same_records(synthetic_root, tiny_model_dir, tmp_path):
+    from cvit.run.loop import ContinualRun
+    from cvit.synthetic.tasks import LONG_TASKS
+    from cvit.synthetic.writer import SyntheticSizes, is_current, make_synthetic
+
+    sizes = SyntheticSizes(train=48, test=8, base=64)  # the session benchmark's sizes
+    long_root = make_synthetic(tmp_path / "long", sizes, LONG_TASKS)
+    assert is_current(long_root, sizes, LONG_TASKS) and not is_current(long_root, sizes)
+    for task in ("colour_mc", "grounding"):  # a shared task's records do not depend on the stream
+        assert (long_root / task / "train.json").read_text() == (synthetic_root / task / "train.json").read_text()
+    cfg, sources = load_config(
+        [CONFIGS / "model" / "tiny_llava.yaml", CONFIGS / "benchmark" / "synthetic_long.yaml",
+         CONFIGS / "method" / "seqlora.yaml"], [f"benchmark.root={long_root}", f"model.path={tiny_model_dir}"])
+    run = ContinualRun(cfg, sources)
+    run.prepare()
+    assert len(run.stream) == 12 and [t.name for t in run.stream[:6]] == list(
+        load_config([CONFIGS / "benchmark" / "synthetic.yaml"], sections=("benchmark",))[0].benchmark.orders.default)
+    answers = {t: {r.answers[0] for r in run.datamodule.test_records[t]} for t in ("side_mc", "digit_mc", "count_mc")}
+    assert answers["side_mc"] <= {"A", "B"} and answers["digit_mc"] <= {"A", "B", "C", "D"}

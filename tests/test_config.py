@@ -107,7 +107,7 @@ def test_every_shipped_config_validates(small_config, tmp_path):
     validates against a tiny model of its family."""
     from cvit.model.tiny_qwen import save_tiny_qwen2vl
 
-    methods = sorted((CONFIGS / "method").glob("*.yaml"))
+    methods = sorted((CONFIGS / "method").rglob("*.yaml"))  # the composed methods too
     assert len(methods) > 10
     for path in methods + sorted((CONFIGS / "experiment").glob("*.yaml")):
         cfg, sources = small_config(files=[path])

@@ -109,12 +109,13 @@ def test_the_run_document_is_typed_and_versioned(tmp_path):
     write_doc(tmp_path, DOC)
     path = tmp_path / "matrix.json"
     stored = json.loads(path.read_text())
-    assert stored["version"] == 1 and read_run_document(path) == RunDocument.from_json(stored, path)
-    del stored["version"]  # written before documents carried a version: the first layout
-    path.write_text(json.dumps(stored))
-    assert read_run_document(path).version == 1
-    for change, message in (({"version": 2}, r"key 'version': run document layout 2; this kit reads up to 1"),
-                            ({"seconds": None}, r"missing key 'seconds'"), ({"extra": 1}, r"unknown key 'extra'")):
+    assert stored["version"] == 2 and read_run_document(path) == RunDocument.from_json(stored, path)
+    first = {k: v for k, v in stored.items() if k not in ("version", "timing")}  # the first layout, unversioned
+    path.write_text(json.dumps(first))
+    assert read_run_document(path).version == 1 and read_run_document(path).timing == []
+    for change, message in (({"version": 3}, r"key 'version': run document layout 3; this kit reads up to 2"),
+                            ({"seconds": None}, r"missing key 'seconds'"), ({"timing": None}, r"missing key 'timing'"),
+                            ({"extra": 1}, r"unknown key 'extra'")):
         doc = {k: v for k, v in {**stored, **change}.items() if v is not None}
         path.write_text(json.dumps(doc))
         with pytest.raises(DataError, match=rf"matrix\.json: {message}"):

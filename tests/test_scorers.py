@@ -447,3 +447,17 @@ def test_the_tokenizer_matches_pycocoevalcaps():
     captions = {("a", 0): [{"caption": "A Dog, running!"}, {"caption": "naïve café — 3.5 km"}],
                 ("b", 1): [{"caption": ""}], ("c", 2): [{"caption": "It's \"quoted\" (x) -- ok..."}]}
     assert ptb_tokenize(captions) == PTBTokenizer().tokenize(captions)
+
+
+def test_caption_scores_without_meteor_unless_the_number_is_the_mean(monkeypatch, caption_scores):
+    import cvit.eval.captions as captions
+
+    calls = []
+    monkeypatch.setattr(captions, "_meteor", lambda: calls.append(1) or (_ for _ in ()).throw(AssertionError))
+    identical = [refs[0] for refs in CAPTION_REFS]
+    scores = get_scorer("caption", meteor=False).score(identical, CAPTION_REFS)
+    assert set(scores) == {"bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider", "score"} and not calls
+    assert scores["cider"] == pytest.approx(caption_scores["identical"]["cider"])
+    with pytest.raises(AssertionError):  # the seven-metric mean needs METEOR: it is computed anyway
+        get_scorer("caption", caption_metric="mean", meteor=False).score(identical, CAPTION_REFS)
+    assert calls

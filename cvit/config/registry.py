@@ -23,6 +23,9 @@ from cvit.config.load import Sources
 from cvit.errors import ConfigError
 
 CALLBACKS: dict[str, type] = {}
+# what each Shared member means, for the error naming two owners of it
+OWNED = {"adapter_pool": "which adapters exist, which train and which run at inference",
+         "router": "how inputs are routed to the adapters", "adapter_layer": "the LoRA layer type of every adapter"}
 
 
 def register_callback(name: str) -> Callable[[type], type]:
@@ -143,21 +146,22 @@ def build_callbacks(specs: DictConfig, sources: Sources, mode: str = "sequential
             raise ConfigError(f"{sources.of(where)}: key '{where}': {err}") from None
         if cls.sequential_only and mode != "sequential":
             raise ConfigError(f"{origin}: key 'callbacks.{key}': {cls.__name__} needs a sequential stream "
-                              f"(method.mode is {mode!r})")
+                              f"(method.mode is {mode!r}): set method.mode=sequential or remove callbacks.{key}")
         for thing in map(plain, cls.owns):
             if thing not in shared:
                 raise ConfigError(f"{origin}: key 'callbacks.{key}': {cls.__name__}.owns names {thing!r}; shared "
                                   f"things are {', '.join(shared)} (cvit.callbacks.base.Shared)")
             if thing in owners:
                 raise ConfigError(
-                    f"{origin}: callbacks '{owners[thing]}' and '{key}' both take charge of {thing!r}; "
-                    "keep one"
+                    f"{origin}: callbacks '{owners[thing]}' and '{key}' both take charge of {thing!r} "
+                    f"({OWNED[thing]}); a run has one owner of it: remove one of the two"
                 )
             owners[thing] = key
         missing = [need for need in map(plain, callback.requires()) if need not in provided]
         if missing:
             raise ConfigError(f"{origin}: key 'callbacks.{key}': needs {', '.join(missing)} from a callback "
-                              "listed before it (e.g. progressive_pool for allocation)")
+                              "listed before it: add one that provides it (progressive_pool provides allocation "
+                              "and dynamic_allocation) above this entry, or move that entry above this one")
         provided.update(map(plain, callback.provides()))
         role = cls.task_end_weights
         if role == "writes" and readers:

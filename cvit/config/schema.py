@@ -139,6 +139,9 @@ class EvalSchema:
     # official: each benchmark's own evaluation code, including where it is strict; lenient: the kit's
     # more forgiving readings (see cvit/eval/scorers.py), reported as such
     scoring: str = "official"
+    # METEOR beside the other caption metrics (a Java process, about 90 ms a caption on a 2-core CPU); always
+    # computed where the benchmark's caption number is the seven-metric mean
+    meteor: bool = True
 
 
 @dataclass

@@ -59,7 +59,8 @@ CAPTION_METRICS = ("cider", "mean", "cider_raw")
 class CaptionScorer(Scorer):
     """Corpus captioning metrics from pycocoevalcap on PTB-tokenised text (as COCOEvalCap computes
     them): bleu1..bleu4, meteor, rouge_l, cider, each x100, plus "mean" (of those seven, UCIT's caption
-    number) and "score" = the `metric` one. Metric "cider_raw" also reports CIDEr on untokenised,
+    number) and "score" = the `metric` one. `meteor=False` skips METEOR (and so "mean") unless `metric` is
+    "mean". Metric "cider_raw" also reports CIDEr on untokenised,
     whitespace-split text (case and punctuation kept, SMoLoRA's eval_textcaps_cider.py) as "cider_raw"
     and makes it the "score". CIDEr-D ranges over 0..10, so cider may exceed 100; its IDF comes from the
     corpus's references, so a corpus of one item scores CIDEr 0.
@@ -68,11 +69,12 @@ class CaptionScorer(Scorer):
 
     name = "caption"
 
-    def __init__(self, metric: str = "cider", lenient: bool = False) -> None:
+    def __init__(self, metric: str = "cider", lenient: bool = False, meteor: bool = True) -> None:
         if metric not in CAPTION_METRICS:
             raise ValueError(f"unknown caption metric {metric!r}; known: {', '.join(CAPTION_METRICS)}")
         self.metric = metric
         self.lenient = lenient
+        self.meteor = meteor or metric == "mean"
 
     def score_items(self, predictions: list[str], references: list[list[str]]) -> tuple[dict[str, float], list[float]]:
         """Corpus metrics and per-item BLEU-1 in 0..1 (the corpus metrics have no per-item form of their own)."""
@@ -80,11 +82,13 @@ class CaptionScorer(Scorer):
         gts, res = _tokenized(items, self.lenient)
         bleu, per_item = Bleu(4).compute_score(gts, res, verbose=0)
         metrics = {f"bleu{n}": value for n, value in enumerate(bleu, start=1)}
-        metrics["meteor"] = _meteor().compute_score(gts, res)[0]
+        if self.meteor:
+            metrics["meteor"] = _meteor().compute_score(gts, res)[0]
         metrics["rouge_l"] = Rouge().compute_score(gts, res)[0]
         metrics["cider"] = Cider().compute_score(gts, res)[0]
         result = {key: 100 * float(value) for key, value in metrics.items()}
-        result["mean"] = fmean(result.values())
+        if self.meteor:
+            result["mean"] = fmean(result.values())
         if self.metric == "cider_raw":
             result["cider_raw"] = 100 * float(Cider().compute_score(*_raw(items))[0])
         result["score"] = result["cider" if self.metric == "cider_raw" and self.lenient else self.metric]

@@ -234,15 +234,16 @@ RELAXABLE = ("vqa", "exact", "gqa", "ocr", "classification", "classification_ci"
 SCORER_NAMES: tuple[str, ...] = (*_JUDGES, "caption")
 
 
-def get_scorer(name: str, relaxed: bool = False, caption_metric: str = "cider", scoring: str = "official") -> Scorer:
+def get_scorer(name: str, relaxed: bool = False, caption_metric: str = "cider", scoring: str = "official",
+               meteor: bool = True) -> Scorer:
     """The scorer called `name` (one of SCORER_NAMES) under `scoring` (one of SCORINGS); ValueError naming
     the known ones otherwise. `caption_metric` (one of captions.CAPTION_METRICS) is the caption scorer's
-    "score"."""
+    "score"; `meteor` whether it also computes METEOR (see CaptionScorer)."""
     if scoring not in SCORINGS:
         raise ValueError(f"unknown scoring {scoring!r}; known: {', '.join(SCORINGS)}")
     lenient = scoring == "lenient"
     if name == "caption":
-        return CaptionScorer(caption_metric, lenient)
+        return CaptionScorer(caption_metric, lenient, meteor)
     if name not in _JUDGES:
         raise ValueError(f"unknown scorer {name!r}; known scorers: {', '.join(SCORER_NAMES)}")
     judge = partial(_JUDGES[name], lenient=lenient)

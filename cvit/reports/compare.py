@@ -79,13 +79,16 @@ def matrices_figure(docs: dict[str, RunDocument]) -> Figure:
     return figure
 
 
-def compare_runs(run_dirs: list[Path], out: Path | None = None) -> str:
-    """The comparison's markdown; with `out`, also written there with its two figures (each file atomically)."""
+def compare_runs(run_dirs: list[Path], out: Path | None = None, document: str = "comparison.md",
+                 preamble: str = "") -> str:
+    """The comparison's markdown; with `out`, also written there as `document` (after `preamble`) with its two
+    figures (each file atomically)."""
     docs = read_runs(run_dirs)
     text = comparison_markdown(docs)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "comparison.md", text + "\n![Last against BWT](tradeoff.png)\n\n![matrices](matrices.png)\n")
+        write_text(out / document,
+                   preamble + text + "\n![Last against BWT](tradeoff.png)\n\n![matrices](matrices.png)\n")
         for file, figure in (("tradeoff.png", tradeoff_figure(docs)), ("matrices.png", matrices_figure(docs))):
             write_with(out / file, lambda path, f=figure: f.savefig(path, format="png", dpi=110))
     return text

@@ -50,7 +50,8 @@ def score_predictions(cfg: DictConfig, sources: Sources, task_name: str, path: P
         )
     protocol = cfg.benchmark.protocol
     result = score_outputs(
-        task, records, [texts[r.uid] for r in records], False, protocol.caption_metric, cfg.eval.scoring
+        task, records, [texts[r.uid] for r in records], False, protocol.caption_metric, cfg.eval.scoring,
+        cfg.eval.meteor,
     )
     return {"task": task.name, "scorer": task.scorer, "scoring": cfg.eval.scoring, "items": len(records),
             **result.scores, "mif_rule": task.mif, "caption_metric": protocol.caption_metric}

@@ -14,7 +14,7 @@ from cvit.model.tiny import save_tiny_llava
 from cvit.reports.compare import compare_runs
 from cvit.run.loop import ContinualRun
 from cvit.run.pretrain import base_train
-from cvit.synthetic.writer import make_synthetic, read_manifest
+from cvit.synthetic.writer import is_current, make_synthetic
 
 METHODS = ("zeroshot", "seqlora", "joint")
 
@@ -22,7 +22,7 @@ METHODS = ("zeroshot", "seqlora", "joint")
 def prepare_world(work: Path) -> tuple[Path, Path]:
     """(data root, base-trained model folder), each built once and cached under `work`."""
     data, tiny, base = work / "synthetic", work / "tiny-llava", work / "tiny-llava-base"
-    if read_manifest(data) is None:
+    if not is_current(data):  # missing, or written by an earlier version with other sizes
         print(f"writing the synthetic benchmark to {data}")
         make_synthetic(data)
     if not (tiny / "config.json").is_file():
@@ -41,14 +41,15 @@ def applicable(cfg, settings: tuple[str, ...]) -> list[str]:
 
 def run_method(method: str, work: Path, configs: Path, data: Path, model: Path, templates: str = "single",
                settings: tuple[str, ...] = ()) -> Path:
-    """Run `method` on the synthetic stream with the `templates` variant (single: work/runs/demo-<method>; multi:
-    .../demo-<method>-multi). Each `key=value` of `settings` applies where the method's config has the key's
-    parent (e.g. `callbacks.smolora.r=8` to the SMoLoRA methods only)."""
+    """Run `method` (configs/method/<method>.yaml, e.g. `seqlora` or `composed/moelora_ema`) on the synthetic stream
+    with the `templates` variant (single: work/runs/demo-<file name>; multi: .../demo-<file name>-multi). Each
+    `key=value` of `settings` applies where the method's config has the key's parent (e.g. `callbacks.smolora.r=8`
+    to the SMoLoRA methods only)."""
     files = [configs / "model" / "tiny_llava.yaml", configs / "benchmark" / "synthetic.yaml",
              configs / "method" / f"{method}.yaml"]
     suffix = "" if templates == "single" else f"-{templates}"
     overrides = [f"benchmark.root={data}", f"model.path={model}", f"run.root={work / 'runs'}",
-                 f"run.name=demo-{method}{suffix}", f"benchmark.templates={templates}"]
+                 f"run.name=demo-{Path(method).name}{suffix}", f"benchmark.templates={templates}"]
     cfg, _ = load_config(files, overrides)
     cfg, sources = load_config(files, overrides + applicable(cfg, settings))
     run = ContinualRun(cfg, sources)
@@ -66,7 +67,7 @@ def run_demo(work: Path, configs: Path, methods: tuple[str, ...] = METHODS, temp
     started = time.perf_counter()
     data, model = prepare_world(work)
     runs = {method: run_method(method, work, configs, data, model, templates, settings) for method in methods}
-    out = work / "runs" / f"compare-{'-'.join(methods)}{'' if templates == 'single' else f'-{templates}'}"
+    out = work / "runs" / f"compare-{'-'.join(Path(m).name for m in methods)}{'' if templates == 'single' else f'-{templates}'}"
     print(f"\nOn the synthetic stream ({templates}-type instructions):")
     print(compare_runs(list(runs.values()), out))
     for method, path in runs.items():

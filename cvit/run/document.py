@@ -17,7 +17,8 @@ from typing import Any
 
 from cvit.errors import DataError
 
-VERSION = 1
+VERSION = 2
+ADDED_IN = {"timing": 2}  # keys a layout added: optional in documents of an earlier layout
 
 
 @dataclass
@@ -40,6 +41,10 @@ class RunDocument:
     details: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # task -> stage -> scorer outputs
     seconds: list[float] = field(default_factory=list)  # [stage] train + evaluation wall time
     parameters: list[dict[str, int]] = field(default_factory=list)  # [stage] trainable / stored / inference
+    # [stage] train_seconds (task-start hooks and the fit), steps (optimizer steps), step_seconds (median wall time
+    # of a training batch, callbacks' batch hooks included), eval_seconds (generation and scoring; task-end hooks
+    # are in neither), eval_items (test records evaluated)
+    timing: list[dict[str, float]] = field(default_factory=list)
     completed: int = 0  # stages done
     version: int = VERSION
 
@@ -53,7 +58,8 @@ class RunDocument:
         if not isinstance(version, int) or version > VERSION:
             raise DataError(f"{where}: key 'version': run document layout {version!r}; this kit reads up to {VERSION}")
         names = [f.name for f in dataclasses.fields(cls)]
-        missing = [name for name in names if name not in data and name != "version"]
+        missing = [name for name in names
+                   if name not in data and name != "version" and ADDED_IN.get(name, 1) <= version]
         if missing:
             raise DataError(f"{where}: missing key {missing[0]!r} of a run document"
                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))

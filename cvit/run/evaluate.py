@@ -36,12 +36,13 @@ def predict_tasks(
 
 
 def score_outputs(
-    task: Task, records: list, texts: list[str], relaxed: bool, caption_metric: str, scoring: str = "official"
+    task: Task, records: list, texts: list[str], relaxed: bool, caption_metric: str, scoring: str = "official",
+    meteor: bool = True,
 ) -> TaskResult:
     """Score `texts` (one per test record, in order) with the task's scorer under `scoring` (official |
-    lenient, see cvit.eval.scorers) and its instruction-following rule."""
+    lenient, see cvit.eval.scorers; `meteor` as there) and its instruction-following rule."""
     references = [list(record.answers) for record in records]
-    scorer = get_scorer(task.scorer, relaxed=relaxed, caption_metric=caption_metric, scoring=scoring)
+    scorer = get_scorer(task.scorer, relaxed=relaxed, caption_metric=caption_metric, scoring=scoring, meteor=meteor)
     scores, items = scorer.score_items(texts, references)
     verdicts = following_verdicts(task.mif, texts, references)
     if verdicts is not None:
@@ -56,7 +57,7 @@ def score_outputs(
 
 def evaluate_tasks(
     trainer: L.Trainer, module: ContinualModule, datamodule: ContinualDataModule, tasks: list[Task], relaxed: bool,
-    caption_metric: str = "cider", scoring: str = "official",
+    caption_metric: str = "cider", scoring: str = "official", meteor: bool = True,
 ) -> dict[str, TaskResult]:
     """Each task's result, by name, on rank 0 (other ranks generate their shards and get {})."""
     if not tasks:
@@ -65,7 +66,8 @@ def evaluate_tasks(
     if trainer.global_rank != 0:
         return {}  # every rank generates its shard; rank 0 scores the gathered texts
     return {
-        task.name: score_outputs(task, datamodule.test_records[task.name], out, relaxed, caption_metric, scoring)
+        task.name: score_outputs(task, datamodule.test_records[task.name], out, relaxed, caption_metric, scoring,
+                                 meteor)
         for task, out in zip(tasks, texts, strict=True)
     }
 

@@ -14,6 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -33,6 +34,7 @@ from cvit.run.inflight import AtomicCheckpointIO, inflight_callback, inflight_fi
 from cvit.run.parallel import check_strategy, launch_rank, trainer_arguments, world_size
 from cvit.run.provenance import run_setup
 from cvit.run.rundir import RunDirectory, stage_name
+from cvit.run.step_clock import StepClock
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,7 @@ class ContinualRun:
             max_steps=cfg.max_steps, gradient_clip_val=cfg.grad_clip or None,
             accumulate_grad_batches=cfg.accumulate_grad_batches, log_every_n_steps=cfg.log_every_n_steps,
             logger=TensorBoardLogger(self.run_dir.path / "tb", name="train", version=stage_name(index, stage.name)),
-            callbacks=[*self.callbacks.values(), LearningRateMonitor(logging_interval="step"), *extra],
+            callbacks=[*self.callbacks.values(), LearningRateMonitor(logging_interval="step"), *extra, StepClock()],
             enable_checkpointing=bool(extra), plugins=[AtomicCheckpointIO()], num_sanity_val_steps=0,
             limit_val_batches=0,
             default_root_dir=self.run_dir.path, enable_model_summary=index == 0,
@@ -181,8 +183,10 @@ class ContinualRun:
         if trainer is not None:
             # a stage interrupted after an in-flight checkpoint continues from it
             trainer.fit(module, datamodule=datamodule, ckpt_path=inflight_file(self.inflight_dir(index, stage)))
+        trained = time.perf_counter()
         for callback in self.callbacks.values():
             callback.on_task_end(trainer, module, datamodule, stage.task)
+        evaluating = time.perf_counter()
         row = self.evaluate_stage(index, stage, doc)
         if row is None:
             return  # not rank 0: the run directory and the run document are rank 0's
@@ -195,6 +199,12 @@ class ContinualRun:
         doc.mif.append(row["seen_mif"])
         doc.unseen_mif.append(row["unseen_mif"])
         doc.seconds.append(round(time.perf_counter() - started, 2))
+        clock = next((c for c in trainer.callbacks if isinstance(c, StepClock)), None) if trainer else None
+        doc.timing.append({
+            "train_seconds": round(trained - started, 2), "steps": trainer.global_step if trainer else 0,
+            "step_seconds": round(clock.median(), 5) if clock else 0.0,
+            "eval_seconds": round(time.perf_counter() - evaluating, 2), "eval_items": row["items"],
+        })
         doc.parameters.append({
             "trainable": trainable, "stored": module.pool.parameter_count(),
             "inference": module.router.inference_parameters(module.pool) + module.pool.projector_size,
@@ -210,7 +220,7 @@ class ContinualRun:
         future = self.stream[index + 1:] if self.cfg.eval.future_tasks else []
         return self.stream[: index + 1], future
 
-    def evaluate_stage(self, index: int, stage: Stage, doc: RunDocument) -> dict[str, list[float]] | None:
+    def evaluate_stage(self, index: int, stage: Stage, doc: RunDocument) -> dict[str, Any] | None:
         """Scores of the seen, future and unseen tasks after stage `index` (one predict call, sharded over the
         ranks); None on ranks other than 0, which only generate."""
         seen, future = self.evaluated_tasks(index)
@@ -219,6 +229,7 @@ class ContinualRun:
         results = evaluate_tasks(
             trainer, self.module, self.datamodule, [t for tasks in groups.values() for t in tasks],
             self.cfg.eval.relaxed, self.cfg.benchmark.protocol.caption_metric, self.cfg.eval.scoring,
+            self.cfg.eval.meteor,
         )
         if trainer.global_rank != 0:
             return None
@@ -226,6 +237,7 @@ class ContinualRun:
             self.run_dir.save_predictions(index, stage.name, name, result.predictions)
             doc.details.setdefault(name, {})[stage_name(index, stage.name)] = result.scores
         row = {group: [round(results[t.name].scores["score"], 4) for t in tasks] for group, tasks in groups.items()}
+        row["items"] = sum(len(result.predictions) for result in results.values())
         for group in ("seen", "unseen"):  # instruction following; None where a task is not judged
             row[f"{group}_mif"] = [
                 None if "mif" not in results[t.name].scores else round(results[t.name].scores["mif"], 4)

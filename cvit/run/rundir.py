@@ -28,7 +28,7 @@ from cvit.run.atomic import atomic_path, write_json, write_text
 from cvit.run.document import RunDocument, read_run_document
 
 # Keys that cannot change a run's results: a resumed run may differ in them.
-RESULT_NEUTRAL_KEYS = ("run.", "data.num_workers", "data.verify_images", "train.log_every_n_steps")
+RESULT_NEUTRAL_KEYS = ("run.", "data.num_workers", "data.verify_images", "train.log_every_n_steps", "eval.meteor")
 
 
 # what torch.load(weights_only=True) reloads (besides dicts, lists and tuples of these)

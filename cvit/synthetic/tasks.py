@@ -11,15 +11,15 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cvit.synthetic.lexicon import COLOURS, LETTERS, NUMBER_WORDS, SHAPES
+from cvit.synthetic.lexicon import COLOURS, DIGITS, LETTERS, NUMBER_WORDS, SHAPES
 from cvit.synthetic.scenes import Scene, Shape, sample_digit, sample_shapes
 
 Sample = tuple[Scene, str, str]
 
 
 def options_text(choices: tuple[str, ...]) -> str:
-    """Options in a fixed order (shuffled options were unlearnable for the tiny model)."""
-    return " ".join(f"{letter}. {choice}" for letter, choice in zip(LETTERS, choices, strict=True))
+    """Options in a fixed order (shuffled options were unlearnable for the tiny model), lettered from A."""
+    return " ".join(f"{letter}. {choice}" for letter, choice in zip(LETTERS[: len(choices)], choices, strict=True))
 
 
 def format_box(box: tuple[float, float, float, float]) -> str:
@@ -80,6 +80,52 @@ def shape_choice(rng: random.Random) -> Sample:
     return scene, f"Which shape is it ? {options_text(SHAPES)}", answer
 
 
+# The long stream's further tasks: the same attributes in other answer formats (and the box by shape)
+
+
+def count_choice(rng: random.Random) -> Sample:
+    scene = Scene(sample_shapes(rng, rng.randint(1, 4)))
+    question = f"How many shapes are in the image ? {options_text(NUMBER_WORDS[1:5])}"
+    return scene, question, LETTERS[len(scene.shapes) - 1]
+
+
+def colour_word(rng: random.Random) -> Sample:
+    scene = Scene(sample_shapes(rng, 1))
+    return scene, "What colour is the shape ?", scene.shapes[0].colour
+
+
+def side_choice(rng: random.Random) -> Sample:
+    scene = Scene(sample_shapes(rng, 1))
+    sides = ("left", "right")
+    answer = LETTERS[sides.index(scene.shapes[0].where.split()[1])]
+    return scene, f"Is the shape on the left or the right side ? {options_text(sides)}", answer
+
+
+def where_colour(rng: random.Random) -> Sample:
+    scene = Scene(sample_shapes(rng, rng.randint(2, 3), distinct_colours=True))
+    target = rng.choice(scene.shapes)
+    return scene, f"Where is the {target.colour} shape ?", target.where
+
+
+def ground_shape(rng: random.Random) -> Sample:
+    """The box of a shape whose kind no other shape in the scene has (scenes redrawn until one has such a shape)."""
+    while True:
+        scene = Scene(sample_shapes(rng, rng.randint(2, 3), distinct_colours=True))
+        kinds = [s.shape for s in scene.shapes]
+        unique = [s for s in scene.shapes if kinds.count(s.shape) == 1]
+        if unique:
+            break
+    target = rng.choice(unique)
+    question = f"Please provide the bounding box coordinate of the region this sentence describes : the {target.shape}"
+    return scene, question, format_box(target.box)
+
+
+def digit_choice(rng: random.Random) -> Sample:
+    scene = sample_digit(rng)
+    options = tuple(sorted({scene.digit, *rng.sample([d for d in DIGITS if d != scene.digit], 3)}))
+    return scene, f"What number is written in the image ? {options_text(options)}", LETTERS[options.index(scene.digit)]
+
+
 @dataclass(frozen=True)
 class SyntheticTask:
     name: str
@@ -99,6 +145,15 @@ TASKS: dict[str, SyntheticTask] = {
         SyntheticTask("side_vqa", side_of_shape, unseen=True),
         SyntheticTask("shape_mc", shape_choice, unseen=True),
     )
+}
+# The long stream (`make scaling`): the embedded default's tasks and six more of the same generator
+LONG_TASKS: dict[str, SyntheticTask] = {
+    **TASKS,
+    **{t.name: t for t in (
+        SyntheticTask("count_mc", count_choice), SyntheticTask("colour_vqa", colour_word),
+        SyntheticTask("side_mc", side_choice), SyntheticTask("where_vqa", where_colour),
+        SyntheticTask("ground_shape", ground_shape), SyntheticTask("digit_mc", digit_choice),
+    )},
 }
 
 

@@ -16,27 +16,31 @@ from pathlib import Path
 
 from cvit.run.atomic import atomic_path
 from cvit.seeding import keyed_random
-from cvit.synthetic.tasks import TASKS, Sample, base_sample
+from cvit.synthetic.tasks import TASKS, Sample, SyntheticTask, base_sample
 
 
 @dataclass(frozen=True)
 class SyntheticSizes:
-    train: int = 6400
+    train: int = 3200  # one epoch = 200 steps at the tiny model's batch 16
     test: int = 100
     base: int = 16000
     seed: int = 0
 
 
-def make_synthetic(out_dir: str | Path, sizes: SyntheticSizes = SyntheticSizes()) -> Path:
-    """Write the benchmark atomically (a crash leaves no partial OUT_DIR). Returns OUT_DIR."""
+def make_synthetic(out_dir: str | Path, sizes: SyntheticSizes = SyntheticSizes(),
+                   tasks: dict[str, SyntheticTask] = TASKS) -> Path:
+    """Write the benchmark of `tasks` (the embedded default's, or `LONG_TASKS` for the long stream) atomically (a
+    crash leaves no partial OUT_DIR). Returns OUT_DIR. A task's records depend on its name and the seed only, so
+    the tasks two streams share have the same records."""
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as staged:
-        for task in TASKS.values():
+        for task in tasks.values():
             if not task.unseen:
                 write_split(staged, task.name, "train", sizes.train, sizes.seed, task.generate)
             write_split(staged, task.name, "test", sizes.test, sizes.seed, task.generate)
         write_split(staged, "base", "train", sizes.base, sizes.seed, base_sample)
-        (staged / "manifest.json").write_text(json.dumps({"benchmark": "synthetic", **asdict(sizes)}, indent=2))
+        manifest = {"benchmark": "synthetic", **asdict(sizes), "tasks": sorted(tasks)}
+        (staged / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out_dir
 
 
@@ -66,3 +70,11 @@ def read_manifest(out_dir: str | Path) -> dict | None:
     """The manifest of a complete benchmark at OUT_DIR, or None if absent."""
     path = Path(out_dir) / "manifest.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def is_current(out_dir: str | Path, sizes: SyntheticSizes = SyntheticSizes(),
+               tasks: dict[str, SyntheticTask] = TASKS) -> bool:
+    """Whether OUT_DIR holds a complete benchmark of these sizes and tasks."""
+    manifest = read_manifest(out_dir)
+    return manifest is not None and manifest.get("tasks") == sorted(tasks) and all(
+        manifest.get(key) == value for key, value in asdict(sizes).items())
