@@ -67,7 +67,8 @@ def run_demo(work: Path, configs: Path, methods: tuple[str, ...] = METHODS, temp
     started = time.perf_counter()
     data, model = prepare_world(work)
     runs = {method: run_method(method, work, configs, data, model, templates, settings) for method in methods}
-    out = work / "runs" / f"compare-{'-'.join(Path(m).name for m in methods)}{'' if templates == 'single' else f'-{templates}'}"
+    names = "-".join(Path(m).name for m in methods)
+    out = work / "runs" / f"compare-{names}{'' if templates == 'single' else f'-{templates}'}"
     print(f"\nOn the synthetic stream ({templates}-type instructions):")
     print(compare_runs(list(runs.values()), out))
     for method, path in runs.items():
