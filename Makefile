@@ -5,6 +5,7 @@ TORCH    := torch==2.13.0
 WORK     ?= work
 CONFIG   ?= configs/experiment/demo.yaml
 ARGS     ?=
+JOBS     ?= 2
 
 .PHONY: install demo results scaling test lint bench params plan parallel-check run clean ladder-llaca ladder-proglora ladder-hide ladder-smolora ladder-baselines
 
@@ -20,11 +21,11 @@ FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell python3 -m pip config get global.fi
 install: .venv/.installed
 
 demo: install
-	$(CVIT) demo --work $(WORK)
+	$(CVIT) demo --work $(WORK) --jobs $(JOBS)
 
 # every method and baseline, and the composed methods, on the embedded default: results/synthetic.md and its plots
 results: install
-	$(CVIT) results --work $(WORK) --out results
+	$(CVIT) results --work $(WORK) --out results --jobs $(JOBS)
 
 # each method's cost after 3, 6 and 12 tasks of the long synthetic stream: work/scaling/scaling.md and scaling.png
 scaling: install
@@ -53,16 +54,16 @@ parallel-check: install
 
 # LLaCA's Table 6 ablation ladder on the embedded default (and the released pipeline), metrics side by side
 ladder-llaca: install
-	$(CVIT) demo --work $(WORK) --methods seqlora stable_ema dynamic_ema dynamic_ema_released llaca llaca_released
+	$(CVIT) demo --work $(WORK) --jobs $(JOBS) --methods seqlora stable_ema dynamic_ema dynamic_ema_released llaca llaca_released
 
 # ProgLoRA's Table 3 ablations (static and dynamic) beside SeqLoRA
 ladder-proglora: install
-	$(CVIT) demo --work $(WORK) --methods seqlora proglora_static proglora_static_w1 proglora_static_no_recall \
+	$(CVIT) demo --work $(WORK) --jobs $(JOBS) --methods seqlora proglora_static proglora_static_w1 proglora_static_no_recall \
 		proglora_static_random_recall proglora_dynamic proglora_dynamic_no_recall
 
 # HiDe-LLaVA's Table 3 layouts beside SeqLoRA
 ladder-hide: install
-	$(CVIT) demo --work $(WORK) --methods seqlora hide hide_average hide_merge_all hide_merge_all_but_top \
+	$(CVIT) demo --work $(WORK) --jobs $(JOBS) --methods seqlora hide hide_average hide_merge_all hide_merge_all_but_top \
 		hide_expand_all hide_expand_all_but_top
 
 # SMoLoRA's routings and branch ablations beside SeqLoRA, with single- and with multi-type instruction templates.
@@ -70,12 +71,12 @@ ladder-hide: install
 SMOLORA_TINY = --set callbacks.smolora.r=8 callbacks.smolora.alpha=16
 SMOLORA_LADDER = seqlora smolora smolora_released smolora_vu_only smolora_if_only
 ladder-smolora: install
-	$(CVIT) demo --work $(WORK) --methods $(SMOLORA_LADDER) $(SMOLORA_TINY)
-	$(CVIT) demo --work $(WORK) --templates multi --methods $(SMOLORA_LADDER) $(SMOLORA_TINY)
+	$(CVIT) demo --work $(WORK) --jobs $(JOBS) --methods $(SMOLORA_LADDER) $(SMOLORA_TINY)
+	$(CVIT) demo --work $(WORK) --jobs $(JOBS) --templates multi --methods $(SMOLORA_LADDER) $(SMOLORA_TINY)
 
 # The baselines the papers' tables compare with; MoELoRA scaled to the tiny model (8 experts sharing SeqLoRA's rank 8)
 ladder-baselines: install
-	$(CVIT) demo --work $(WORK) --methods zeroshot seqlora joint replay ewc lwf moelora olora \
+	$(CVIT) demo --work $(WORK) --jobs $(JOBS) --methods zeroshot seqlora joint replay ewc lwf moelora olora \
 		--set callbacks.moelora.r=8 callbacks.moelora.alpha=16
 
 run: install

@@ -147,13 +147,14 @@ def cmd_analyze_cka(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from cvit.run.demo import METHODS, run_demo
 
-    run_demo(Path(args.work), Path(args.configs), tuple(args.methods or METHODS), args.templates, tuple(args.set))
+    run_demo(Path(args.work), Path(args.configs), tuple(args.methods or METHODS), args.templates, tuple(args.set),
+             args.jobs)
 
 
 def cmd_results(args: argparse.Namespace) -> None:
     from cvit.run.results import run_results
 
-    print(run_results(Path(args.work), Path(args.configs), Path(args.out)))
+    print(run_results(Path(args.work), Path(args.configs), Path(args.out), jobs=args.jobs))
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
@@ -245,11 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="overrides, each applied to the methods whose config has the key's parent")
     demo.add_argument("--work", default="work", help="folder for the model, data and runs")
     demo.add_argument("--configs", default="configs", help="the configs folder")
+    demo.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
     demo.set_defaults(func=cmd_demo)
     results = sub.add_parser("results", help="every method and baseline on the synthetic stream: results/synthetic.md")
     results.add_argument("--work", default="work", help="folder for the model, data and runs")
     results.add_argument("--configs", default="configs", help="the configs folder")
     results.add_argument("--out", default="results", help="folder for synthetic.md and its plots")
+    results.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
     results.set_defaults(func=cmd_results)
     return parser
 

@@ -2,14 +2,16 @@
 noisy, so only ratios taken side by side mean anything).
 
 generation: batched greedy generation vs. batch size 1 on the tiny LLaVA (same outputs asserted).
-ema:        training step time with LLaCA's dynamic EMA (paper formula) vs. SeqLoRA on the tiny LLaVA, fits
-            alternated so both see the same machine load; target ratio <= 1.05.
-baselines:  training step time of each baseline (replay, EWC, LwF, MoELoRA, O-LoRA) vs. SeqLoRA on the
-            stream's second task, where the penalties and teachers are active (a short first task sets up
-            the Fisher, the memory, the frozen LoRA), fits alternated across the methods.
+methods:    every method against SeqLoRA on the stream's second task, where penalties, teachers, memories and
+            pools are active (a short first task sets them up): training step time (medians of repeated fits,
+            the methods' order rotating each round so all see the same machine load; the dynamic EMA's target is
+            <= x1.05), generation throughput after the task's end hooks (routing included; same rotation) and memory
+            (each method in a fresh process: its peak resident memory, and how much training and generation added
+            over the set-up's, Linux's peak counter reset in between).
 routing:    LLaCA's instruction routing at a real size (5,000 test questions against a group of 10,000 training
             instructions, `benchmark.templates: as_is`): all pairs at once (cvit.methods.codebook.similarity_matrix)
-            vs. the released code's TF-IDF fit per pair, timed on a sample and extrapolated; equality checked.
+            vs. the released code's TF-IDF fit per pair, timed on a sample and extrapolated; equality checked. Then
+            HiDe's anchors, ProgLoRA's dynamic allocation and SMoLoRA's gates at LLaVA-1.5-7B sizes.
 """
 
 from __future__ import annotations
@@ -26,10 +28,13 @@ from cvit.data.collate import Collator
 from cvit.data.datasets import TestSet
 from cvit.data.records import load_test
 from cvit.model.tiny import build_tiny_llava, save_tiny_llava
+from cvit.run.demo import applicable
+from cvit.run.results import TINY_SCALE
+from cvit.run.step_clock import StepClock
 from cvit.synthetic.writer import SyntheticSizes, make_synthetic
 
 TASK, MAX_NEW_TOKENS, ITEMS, BATCH = "caption", 24, 64, 32
-STEPS, ROUNDS = 40, 5  # training steps per timed fit, fits per variant
+STEPS, ROUNDS = 30, 3  # training steps per timed fit, repeats per method
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -69,20 +74,6 @@ def bench_generation(root: Path) -> None:
           f"batch {BATCH} {batch_s:.2f} s, speed-up x{single_s / batch_s:.1f} (outputs identical)")
 
 
-class StepTimer(L.Callback):
-    """Wall time of each training batch, from its start to the end of every callback's batch-end hook
-    (so the EMA update is inside when the timer is the last callback)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        self.started = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self.times.append(time.perf_counter() - self.started)
-
-
 def prepared_run(root: Path, model_dir: Path, method: str = "seqlora", overrides: tuple[str, ...] = ()):
     """A ContinualRun of `method` on the synthetic stream with its model loaded (no run directory)."""
     from cvit.config.load import load_config
@@ -91,8 +82,10 @@ def prepared_run(root: Path, model_dir: Path, method: str = "seqlora", overrides
     configs = REPO / "configs"
     files = [configs / "model" / "tiny_llava.yaml", configs / "benchmark" / "synthetic.yaml",
              configs / "method" / f"{method}.yaml"]
-    cfg, sources = load_config(files, [f"benchmark.root={root}", f"model.path={model_dir}", "eval.unseen=false",
-                                       *overrides])
+    overrides = [f"benchmark.root={root}", f"model.path={model_dir}", "eval.unseen=false",
+                 f"data.max_test_samples={ITEMS}", *overrides]
+    cfg, _ = load_config(files, overrides)
+    cfg, sources = load_config(files, overrides + applicable(cfg, TINY_SCALE))
     run = ContinualRun(cfg, sources)
     run.prepare()
     run.load_model()
@@ -100,43 +93,28 @@ def prepared_run(root: Path, model_dir: Path, method: str = "seqlora", overrides
 
 
 def bench_trainer(run, callbacks: list, steps: int = STEPS) -> L.Trainer:
-    """A bare CPU trainer of `steps` steps with the run's gradient clipping; a StepTimer runs last."""
+    """A bare CPU trainer of `steps` steps with the run's gradient clipping; a StepClock runs last."""
     return L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
                      gradient_clip_val=run.cfg.train.grad_clip or None, enable_progress_bar=False,
-                     enable_model_summary=False, callbacks=[*callbacks, StepTimer()])
+                     enable_model_summary=False, callbacks=[*callbacks, StepClock()])
 
 
 def timed_fit(run, callbacks: list, steps: int = STEPS) -> tuple[float, L.Trainer]:
     """(median step time in s, the trainer) of a `steps`-step fit on the run's current stage."""
     trainer = bench_trainer(run, callbacks, steps)
     trainer.fit(run.module, datamodule=run.datamodule)
-    return statistics.median(trainer.callbacks[-1].times[5:]), trainer  # first steps warm up
+    return trainer.callbacks[-1].median(), trainer
 
 
-def bench_ema(root: Path, model_dir: Path) -> None:
-    from cvit.callbacks.dynamic_ema import DynamicEMACallback
-
-    run = prepared_run(root, model_dir)
-    run.datamodule.set_stage([run.stream[0]])
-    medians: dict[str, list[float]] = {"seqlora": [], "dynamic_ema": []}
-    for _ in range(ROUNDS):
-        for variant in medians:
-            extra = [DynamicEMACallback("paper")] if variant == "dynamic_ema" else []
-            medians[variant].append(timed_fit(run, extra)[0])
-    seqlora, ema = statistics.median(medians["seqlora"]), statistics.median(medians["dynamic_ema"])
-    print(f"ema         step time (median of {ROUNDS} alternated fits x {STEPS} steps, batch "
-          f"{run.cfg.data.batch_size}): SeqLoRA {1000 * seqlora:.1f} ms, dynamic EMA {1000 * ema:.1f} ms, "
-          f"ratio x{ema / seqlora:.3f} (target <= 1.05)")
-
-
-# each baseline as the ladder runs it (MoELoRA scaled to the tiny model); EWC's Fisher over 5 batches here
-BASELINES = {"seqlora": (), "replay": (), "ewc": ("callbacks.ewc.batches=5",), "lwf": (),
-             "moelora": ("callbacks.moelora.r=8", "callbacks.moelora.alpha=16"), "olora": ()}
+# every method as `make results` runs it (the mixtures scaled to the tiny model, TINY_SCALE), the dynamic EMA
+# alone for its per-step cost; EWC's Fisher over 5 batches here
+METHODS = {"seqlora": (), "dynamic_ema": (), "llaca": (), "proglora_static": (), "proglora_dynamic": (), "hide": (),
+           "smolora": (), "replay": (), "ewc": ("callbacks.ewc.batches=5",), "lwf": (), "moelora": (), "olora": ()}
 
 
 def second_task(run) -> int:
     """Train the stream's first task briefly through the method's task hooks, then open the second (the state
-    a penalty, a teacher or a memory needs is in place); returns the second stage's training samples."""
+    a penalty, a teacher, a memory or a pool needs is in place); returns the second stage's training samples."""
     first, second = run.stream[:2]
     hooks = list(run.callbacks.values())
     run.datamodule.set_stage([first])
@@ -151,22 +129,88 @@ def second_task(run) -> int:
     return len(run.datamodule.train_dataloader().dataset)
 
 
-def bench_baselines(root: Path, model_dir: Path) -> None:
-    runs = {method: prepared_run(root, model_dir, method, overrides) for method, overrides in BASELINES.items()}
+def end_second_task(run) -> None:
+    """The second task's end hooks (anchors, fusion, EMA weights, embeddings): the model then routes as at test."""
+    hooks = list(run.callbacks.values())
+    _, trainer = timed_fit(run, hooks, 5)
+    for callback in hooks:
+        callback.on_task_end(trainer, run.module, run.datamodule, run.stream[1])
+
+
+def timed_generation(run) -> float:
+    """Test items per second, generated (the method's routing included) over the two trained tasks."""
+    from cvit.run.evaluate import evaluation_trainer, predict_tasks
+
+    tasks = run.stream[:2]
+    started = time.perf_counter()
+    texts = predict_tasks(evaluation_trainer(run.cfg.train), run.module, run.datamodule, tasks)
+    return sum(map(len, texts)) / (time.perf_counter() - started)
+
+
+def rotated(names: list[str], rounds: int):
+    """`rounds` passes over `names`, the order rotating each pass (each name leads one pass when rounds == len)."""
+    for index in range(rounds):
+        shift = index % len(names)
+        yield from names[shift:] + names[:shift]
+
+
+def peak_memory_mb(method: str, root: Path, model_dir: Path) -> dict[str, float]:
+    """{"peak": MiB, "training": MiB} of a fresh process that sets the method up, then trains STEPS steps and
+    generates: its peak resident memory, and how far training and generation raised it over the memory held
+    after set-up (CPU memory has no per-phase counter of its own, so each method gets its own process)."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, __file__, "--peak", method, str(root), str(model_dir)], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def status_mb(key: str) -> float:
+    """A /proc/self/status memory line (VmRSS, VmHWM) in MiB."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(key))
+    return int(line.split()[1]) / 1024
+
+
+def peak_child(method: str, root: Path, model_dir: Path) -> None:
+    import json
+
+    run = prepared_run(root, model_dir, method, METHODS[method])
+    second_task(run)
+    Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the memory held now
+    held = status_mb("VmRSS")
+    timed_fit(run, list(run.callbacks.values()))
+    end_second_task(run)
+    timed_generation(run)
+    peak = status_mb("VmHWM")
+    print(json.dumps({"peak": peak, "training": peak - held}))
+
+
+def bench_methods(root: Path, model_dir: Path) -> None:
+    runs = {method: prepared_run(root, model_dir, method, overrides) for method, overrides in METHODS.items()}
     samples = {method: second_task(run) for method, run in runs.items()}
-    medians: dict[str, list[float]] = {method: [] for method in runs}
-    order = list(runs)
-    for round_index in range(len(order)):  # the order rotates each round: each method is first once
-        for method in order[round_index % len(order):] + order[: round_index % len(order)]:
-            medians[method].append(timed_fit(runs[method], list(runs[method].callbacks.values()))[0])
-    seqlora = statistics.median(medians["seqlora"])
-    print(f"baselines   step time on the second task (median of {len(order)} rotated fits x {STEPS} steps, batch "
-          f"{runs['seqlora'].cfg.data.batch_size}), ratio to SeqLoRA {1000 * seqlora:.1f} ms; samples per epoch:")
-    for method, times in medians.items():
-        step = statistics.median(times)
-        spread = f"{1000 * min(times):.0f}-{1000 * max(times):.0f}"
-        print(f"            {method:<8} {1000 * step:7.1f} ms  x{step / seqlora:.3f}  (fits {spread} ms)  "
-              f"{samples[method]} samples")
+    steps: dict[str, list[float]] = {method: [] for method in runs}
+    for method in rotated(list(runs), ROUNDS):
+        steps[method].append(timed_fit(runs[method], list(runs[method].callbacks.values()))[0])
+    for run in runs.values():
+        end_second_task(run)
+    speed: dict[str, list[float]] = {method: [] for method in runs}
+    for method in rotated(list(runs), ROUNDS):
+        speed[method].append(timed_generation(runs[method]))
+    peaks = {method: peak_memory_mb(method, root, model_dir) for method in runs}
+    step0, speed0 = (statistics.median(steps["seqlora"]), statistics.median(speed["seqlora"]))
+    print(f"methods     on the second task, medians of {ROUNDS} rotated repeats ({STEPS}-step fits, batch "
+          f"{runs['seqlora'].cfg.data.batch_size}; generation of {2 * ITEMS} test items); SeqLoRA: step "
+          f"{1000 * step0:.1f} ms, {speed0:.1f} items/s; memory: the process's peak resident MiB, and what training "
+          f"and generation added over the set-up's")
+    print(f"            {'method':<17} {'step ms':>8} {'x SeqLoRA':>9}   {'items/s':>7} {'x SeqLoRA':>9}   "
+          f"{'peak MiB':>8} {'added MiB':>9}   samples")
+    for method in runs:
+        step, rate = statistics.median(steps[method]), statistics.median(speed[method])
+        target = "  (target <= 1.05)" if method == "dynamic_ema" else ""
+        print(f"            {method:<17} {1000 * step:8.1f} {step / step0:9.3f}   {rate:7.1f} {rate / speed0:9.3f}   "
+              f"{peaks[method]['peak']:8.0f} {peaks[method]['training']:9.1f}   {samples[method]}{target}")
 
 
 def instructions(count: int, seed: int) -> list[str]:
@@ -198,14 +242,70 @@ def bench_routing(tests: int = 5_000, group: int = 10_000, sample: int = 200) ->
           f"x{pairwise / closed:,.0f} faster, max |difference| {error:.1e} on {sample} pairs")
 
 
+# real sizes: LLaVA-1.5-7B (32 layers, hidden 4096, CLIP ViT-L/336 features 1024), a 600-token prompt, a test set
+# of 5,000 items in batches of 16, eight tasks trained
+TESTS, LAYERS, HIDDEN, CLIP, TOKENS, EVAL_BATCH, TRAINED = 5_000, 32, 4096, 1024, 600, 16, 8
+
+
+def per_test_set(fn, repeats: int = 5) -> float:
+    """Seconds for the whole test set: the median of `repeats` calls of `fn` (one batch) x the batches."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * -(-TESTS // EVAL_BATCH)
+
+
+@torch.no_grad()
+def bench_routing_tensors() -> None:
+    """The routing of HiDe-LLaVA, ProgLoRA (dynamic) and SMoLoRA at real sizes: the routing arithmetic alone, on
+    features as the model gives them (the encoders' forward is the model's own cost, in generation throughput)."""
+    import importlib
+
+    from cvit.methods.allocation import DynamicAllocator, max_pool
+    from cvit.model.smolora import row_means, top1
+
+    routing_weights = importlib.import_module("cvit.callbacks.hide").routing_weights
+    anchors = [{"image": torch.randn(CLIP), "instruction": torch.randn(HIDDEN)} for _ in range(TRAINED)]
+    image, text = torch.randn(EVAL_BATCH, CLIP), torch.randn(EVAL_BATCH, HIDDEN)
+    hide = per_test_set(lambda: routing_weights(image, text, anchors, 0.5, 0.5, 0.1))
+    allocator = DynamicAllocator(HIDDEN)
+    for _ in range(TRAINED):
+        allocator.add_key()
+    tokens, mask = torch.randn(EVAL_BATCH, TOKENS, HIDDEN), torch.ones(EVAL_BATCH, TOKENS)
+    proglora = per_test_set(lambda: allocator(max_pool(tokens, mask)))
+    vu_gate, if_gate = torch.nn.Linear(HIDDEN, 4, bias=False), torch.nn.Linear(384, 4, bias=False)
+    flat, rows = tokens.reshape(-1, HIDDEN), torch.arange(EVAL_BATCH).repeat_interleave(TOKENS)
+    instruction = torch.randn(EVAL_BATCH, 384)
+
+    def smolora_layer() -> None:  # both gates of one adapted layer
+        top1(vu_gate(row_means(flat, rows, EVAL_BATCH)), False), top1(if_gate(instruction), False)
+
+    adapted = 3 * LAYERS + 2  # the MLP's three linears in every layer and the projector's two
+    smolora = per_test_set(smolora_layer) * adapted
+    print(f"routing:    {TESTS} test items (batches of {EVAL_BATCH}, {TOKENS}-token prompts, {TRAINED} tasks, "
+          f"LLaVA-1.5-7B sizes), the routing arithmetic on CPU:")
+    print(f"            HiDe anchors (cosine to {TRAINED} image + instruction anchors): {hide:.2f} s")
+    print(f"            ProgLoRA dynamic (max-pool, projector, {TRAINED} keys): {proglora:.2f} s")
+    print(f"            SMoLoRA (VU + IF top-1 gates in {adapted} adapted linears, prefill): {smolora:.2f} s")
+    print("            (each a pass over the activations, O(tokens x hidden) a layer, against the layers' own "
+          "O(tokens x hidden^2))")
+
+
 def main() -> None:
+    import sys
+
+    if sys.argv[1:2] == ["--peak"]:  # a child of peak_memory_mb
+        peak_child(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        root = make_synthetic(Path(tmp) / "synthetic", SyntheticSizes(train=STEPS * 32, test=ITEMS, base=1))
+        root = make_synthetic(Path(tmp) / "synthetic", SyntheticSizes(train=STEPS * 16, test=ITEMS, base=1))
         bench_generation(root)
         model_dir = save_tiny_llava(Path(tmp) / "tiny-llava")
-        bench_ema(root, model_dir)
-        bench_baselines(root, model_dir)
+        bench_methods(root, model_dir)
     bench_routing()
+    bench_routing_tensors()
 
 
 if __name__ == "__main__":

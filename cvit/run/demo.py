@@ -3,9 +3,13 @@ default; any of configs/method/ by name), print their metrics side by side."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 
 from cvit.config.load import load_config
@@ -56,17 +60,45 @@ def run_method(method: str, work: Path, configs: Path, data: Path, model: Path, 
     return run.run(resume=run.run_dir.exists)  # a finished run returns at once, a stopped one continues
 
 
+def logged_run(log: Path, threads: int, *args) -> Path:
+    """`run_method(*args)` in a worker process with `threads` torch threads, its output (Python's and the
+    libraries' alike, by file descriptor) going to `log`."""
+    torch.set_num_threads(threads)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        os.dup2(out.fileno(), 1)
+        os.dup2(out.fileno(), 2)
+        return run_method(*args)
+
+
+def run_methods(methods: tuple[str, ...], jobs: int, work: Path, *args) -> dict[str, Path]:
+    """Each method's run directory, running `run_method(method, work, *args)` for each; with `jobs` > 1 in that
+    many spawned processes at once, each with an equal share of the CPU threads and its output in
+    work/runs/demo-<file name>.log (one line printed as each run ends)."""
+    if jobs <= 1:
+        return {method: run_method(method, work, *args) for method in methods}
+    threads = max(1, torch.get_num_threads() // jobs)
+    print(f"running {len(methods)} methods, {jobs} at a time ({threads} thread{'s' * (threads > 1)} each); "
+          f"their output: {work / 'runs'}/demo-<method>.log")
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(logged_run, work / "runs" / f"demo-{Path(m).name}.log", threads, m, work, *args): m
+                   for m in methods}
+        for future in as_completed(futures):
+            print(f"  {futures[future]} done: {future.result()}")
+    return {method: future.result() for future, method in sorted(futures.items(), key=lambda f: methods.index(f[1]))}
+
+
 def run_demo(work: Path, configs: Path, methods: tuple[str, ...] = METHODS, templates: str = "single",
-             settings: tuple[str, ...] = ()) -> None:
+             settings: tuple[str, ...] = (), jobs: int = 1) -> None:
     """Run each of `methods` (names of configs/method/*.yaml) on the embedded default with the `templates` variant
     of every task's instructions, each in its own run directory (see `run_method`; a finished run is reused, a
-    stopped one continues; `settings` as in `run_method`), then compare."""
+    stopped one continues; `settings` as in `run_method`), `jobs` at a time (see `run_methods`), then compare."""
     missing = [m for m in methods if not (configs / "method" / f"{m}.yaml").is_file()]
     if missing:
         raise ConfigError(f"no method config {', '.join(missing)} in {configs / 'method'}")
     started = time.perf_counter()
     data, model = prepare_world(work)
-    runs = {method: run_method(method, work, configs, data, model, templates, settings) for method in methods}
+    runs = run_methods(methods, jobs, work, configs, data, model, templates, settings)
     names = "-".join(Path(m).name for m in methods)
     out = work / "runs" / f"compare-{names}{'' if templates == 'single' else f'-{templates}'}"
     print(f"\nOn the synthetic stream ({templates}-type instructions):")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from cvit.reports.compare import compare_runs
-from cvit.run.demo import prepare_world, run_method
+from cvit.run.demo import prepare_world, run_methods
 from cvit.synthetic.writer import SyntheticSizes
 
 # each paper's method (its main variant), the baselines, then the composed methods (configs/method/composed/)
@@ -39,12 +39,12 @@ def preamble(methods: tuple[str, ...], seconds: float, reused: int) -> str:
     ])
 
 
-def run_results(work: Path, configs: Path, out: Path, methods: tuple[str, ...] = METHODS) -> Path:
-    """Run (or reuse) every method, then write `out`/synthetic.md, tradeoff.png and matrices.png; returns the
-    markdown's path."""
+def run_results(work: Path, configs: Path, out: Path, methods: tuple[str, ...] = METHODS, jobs: int = 1) -> Path:
+    """Run (or reuse) every method, `jobs` at a time (`cvit.run.demo.run_methods`), then write `out`/synthetic.md,
+    tradeoff.png and matrices.png; returns the markdown's path."""
     started = time.perf_counter()
     data, model = prepare_world(work)
     reused = sum((work / "runs" / f"demo-{Path(m).name}" / "matrix.json").is_file() for m in methods)
-    runs = [run_method(method, work, configs, data, model, settings=TINY_SCALE) for method in methods]
+    runs = list(run_methods(methods, jobs, work, configs, data, model, "single", TINY_SCALE).values())
     compare_runs(runs, out, "synthetic.md", preamble(methods, time.perf_counter() - started, reused))
     return out / "synthetic.md"
