@@ -93,8 +93,10 @@ def prepared_run(root: Path, model_dir: Path, method: str = "seqlora", overrides
 
 
 def bench_trainer(run, callbacks: list, steps: int = STEPS) -> L.Trainer:
-    """A bare CPU trainer of `steps` steps with the run's gradient clipping; a StepClock runs last."""
+    """A bare CPU trainer of `steps` steps with the run's gradient clipping; a StepClock runs last. Its root
+    (where callbacks write reports) sits beside the benchmark's temporary data."""
     return L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                     default_root_dir=Path(run.cfg.benchmark.root).parent / "trainer",
                      gradient_clip_val=run.cfg.train.grad_clip or None, enable_progress_bar=False,
                      enable_model_summary=False, callbacks=[*callbacks, StepClock()])
 
