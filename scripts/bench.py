@@ -3,9 +3,12 @@ noisy, so only ratios taken side by side mean anything).
 
 generation: batched greedy generation vs. batch size 1 on the tiny LLaVA (same outputs asserted).
 methods:    every method against SeqLoRA on the stream's second task, where penalties, teachers, memories and
-            pools are active (a short first task sets them up): training step time (medians of repeated fits,
-            the methods' order rotating each round so all see the same machine load; the dynamic EMA's target is
-            <= x1.05), generation throughput after the task's end hooks (routing included; same rotation) and memory
+            pools are active (a short first task sets them up): training step time (each round's step over the
+            same round's SeqLoRA step, the median over rounds; the methods' order rotates each round so all see the
+            same machine load), the time spent inside the method's callbacks' per-step hooks (measured within the
+            same steps, so free of the fit-to-fit noise: for a method whose extra work is in its hooks, the dynamic
+            EMA, `1 + hooks / SeqLoRA step` is its cost; target <= x1.05), generation throughput after the task's
+            end hooks (routing included; same rotation) and memory
             (each method in a fresh process: its peak resident memory, and how much training and generation added
             over the set-up's, Linux's peak counter reset in between).
 routing:    LLaCA's instruction routing at a real size (5,000 test questions against a group of 10,000 training
@@ -34,7 +37,7 @@ from cvit.run.step_clock import StepClock
 from cvit.synthetic.writer import SyntheticSizes, make_synthetic
 
 TASK, MAX_NEW_TOKENS, ITEMS, BATCH = "caption", 24, 64, 32
-STEPS, ROUNDS = 30, 3  # training steps per timed fit, repeats per method
+STEPS, ROUNDS = 30, 5  # training steps per timed fit, repeats per method
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -112,6 +115,31 @@ def timed_fit(run, callbacks: list, steps: int = STEPS) -> tuple[float, L.Traine
 # alone for its per-step cost; EWC's Fisher over 5 batches here
 METHODS = {"seqlora": (), "dynamic_ema": (), "llaca": (), "proglora_static": (), "proglora_dynamic": (), "hide": (),
            "smolora": (), "replay": (), "ewc": ("callbacks.ewc.batches=5",), "lwf": (), "moelora": (), "olora": ()}
+
+
+PER_STEP_HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
+                  "on_before_zero_grad", "on_train_batch_end")
+
+
+class HookTimer:
+    """Seconds spent inside the given callbacks' per-step hooks: each hook is replaced on the instance by a timed
+    wrapper (Lightning looks hooks up by name on the callback, so the wrappers are what it calls)."""
+
+    def __init__(self, callbacks: list) -> None:
+        self.seconds = 0.0
+        for callback in callbacks:
+            for name in PER_STEP_HOOKS:
+                setattr(callback, name, self.timed(getattr(callback, name)))
+
+    def timed(self, hook):
+        def run(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return hook(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - started
+
+        return run
 
 
 def second_task(run) -> int:
@@ -192,27 +220,37 @@ def peak_child(method: str, root: Path, model_dir: Path) -> None:
 def bench_methods(root: Path, model_dir: Path) -> None:
     runs = {method: prepared_run(root, model_dir, method, overrides) for method, overrides in METHODS.items()}
     samples = {method: second_task(run) for method, run in runs.items()}
+    timers = {method: HookTimer(list(run.callbacks.values())) for method, run in runs.items()}
     steps: dict[str, list[float]] = {method: [] for method in runs}
+    hooks: dict[str, list[float]] = {method: [] for method in runs}
     for method in rotated(list(runs), ROUNDS):
-        steps[method].append(timed_fit(runs[method], list(runs[method].callbacks.values()))[0])
+        timers[method].seconds = 0.0
+        step, trainer = timed_fit(runs[method], list(runs[method].callbacks.values()))
+        steps[method].append(step)
+        hooks[method].append(timers[method].seconds / trainer.global_step)
     for run in runs.values():
         end_second_task(run)
     speed: dict[str, list[float]] = {method: [] for method in runs}
     for method in rotated(list(runs), ROUNDS):
         speed[method].append(timed_generation(runs[method]))
     peaks = {method: peak_memory_mb(method, root, model_dir) for method in runs}
-    step0, speed0 = (statistics.median(steps["seqlora"]), statistics.median(speed["seqlora"]))
-    print(f"methods     on the second task, medians of {ROUNDS} rotated repeats ({STEPS}-step fits, batch "
+    step0, speed0 = (statistics.median(steps["seqlora"]), statistics.median(speed["seqlora"], strict=True))
+    print(f"methods     on the second task, {ROUNDS} rotated rounds ({STEPS}-step fits, batch "
           f"{runs['seqlora'].cfg.data.batch_size}; generation of {2 * ITEMS} test items); SeqLoRA: step "
-          f"{1000 * step0:.1f} ms, {speed0:.1f} items/s; memory: the process's peak resident MiB, and what training "
-          f"and generation added over the set-up's")
-    print(f"            {'method':<17} {'step ms':>8} {'x SeqLoRA':>9}   {'items/s':>7} {'x SeqLoRA':>9}   "
-          f"{'peak MiB':>8} {'added MiB':>9}   samples")
+          f"{1000 * step0:.1f} ms, {speed0:.1f} items/s. x SeqLoRA: the median over rounds of the round's ratio; "
+          f"hooks: ms a step inside the method's callbacks' per-step hooks, and 1 + that over SeqLoRA's step; "
+          f"memory: the process's peak resident MiB, and what training and generation added over the set-up's")
+    print(f"            {'method':<17} {'step ms':>8} {'x SeqLoRA':>9}   {'hooks ms':>8} {'x SeqLoRA':>9}   "
+          f"{'items/s':>7} {'x SeqLoRA':>9}   {'peak MiB':>8} {'added MiB':>9}   samples")
     for method in runs:
-        step, rate = statistics.median(steps[method]), statistics.median(speed[method])
+        step, rate, hook = (statistics.median(steps[method]), statistics.median(speed[method]),
+                            statistics.median(hooks[method]))
+        step_ratio = statistics.median(a / b for a, b in zip(steps[method], steps["seqlora"], strict=True))
+        rate_ratio = statistics.median(a / b for a, b in zip(speed[method], speed["seqlora"], strict=True))
         target = "  (target <= 1.05)" if method == "dynamic_ema" else ""
-        print(f"            {method:<17} {1000 * step:8.1f} {step / step0:9.3f}   {rate:7.1f} {rate / speed0:9.3f}   "
-              f"{peaks[method]['peak']:8.0f} {peaks[method]['training']:9.1f}   {samples[method]}{target}")
+        print(f"            {method:<17} {1000 * step:8.1f} {step_ratio:9.3f}   {1000 * hook:8.2f} "
+              f"{1 + hook / step0:9.3f}   {rate:7.1f} {rate_ratio:9.3f}   {peaks[method]['peak']:8.0f} "
+              f"{peaks[method]['training']:9.1f}   {samples[method]}{target}")
 
 
 def instructions(count: int, seed: int) -> list[str]:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 
 from cvit.errors import ConfigError
 from cvit.model.prompting import LLAVA_SYSTEM, chat_format
 from cvit.run.loop import ContinualRun
-from cvit.run.provenance import LIBRARIES
+from cvit.run.provenance import LIBRARIES, cpu_model, library_versions
+from cvit.run.results import preamble
 
 
 def test_run_records_its_setup_and_the_chat_format_it_trained_with(small_config):
@@ -47,3 +49,21 @@ def test_chat_format_of_another_family_is_refused_before_loading(small_config):
     cfg, sources = small_config("model.family=qwen2_vl", "model.chat_format=llava_v1")
     with pytest.raises(ConfigError, match="'model.chat_format': 'llava_v1' is for the llava family, not 'qwen2_vl'"):
         ContinualRun(cfg, sources).prepare()
+
+
+def test_cpu_model_is_the_cpuinfo_model_name():
+    info = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+             if line.startswith("model name")] if info.is_file() else []
+    if names:  # Linux
+        assert cpu_model() == names[0]
+    assert cpu_model().strip()
+
+
+def test_results_header_states_time_machine_and_libraries():
+    text = preamble(("seqlora", "composed/proglora_ema"), 120.0, 1, True, 300.0)
+    assert "2.0 min of wall time (writing the benchmark and base training included; 1 finished runs reused)" in text
+    assert "the runs' stages took 5.0 min summed over runs" in text
+    assert cpu_model() in text and f"torch {library_versions()['torch']}" in text
+    assert "(seqlora, composed/proglora_ema)" in text
+    assert "the world already built)" in preamble(("seqlora",), 60.0, 0, False, 30.0)

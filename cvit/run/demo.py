@@ -23,9 +23,14 @@ from cvit.synthetic.writer import is_current, make_synthetic
 METHODS = ("zeroshot", "seqlora", "joint")
 
 
+def world_paths(work: Path) -> tuple[Path, Path, Path]:
+    """(data root, untrained tiny model folder, base-trained model folder) under `work`."""
+    return work / "synthetic", work / "tiny-llava", work / "tiny-llava-base"
+
+
 def prepare_world(work: Path) -> tuple[Path, Path]:
     """(data root, base-trained model folder), each built once and cached under `work`."""
-    data, tiny, base = work / "synthetic", work / "tiny-llava", work / "tiny-llava-base"
+    data, tiny, base = world_paths(work)
     if not is_current(data):  # missing, or written by an earlier version with other sizes
         print(f"writing the synthetic benchmark to {data}")
         make_synthetic(data)

@@ -26,6 +26,17 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows: base training's figures depend
+    on it (floating-point differences between CPU kernels grow over its steps)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
 def device_name(accelerator: str) -> str:
     """The device a run trains on: the first CUDA device's name, or the CPU's architecture."""
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():

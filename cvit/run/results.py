@@ -4,12 +4,14 @@ is reused), so `make demo`'s figures are rows of this table."""
 
 from __future__ import annotations
 
-import platform
+import os
 import time
 from pathlib import Path
 
 from cvit.reports.compare import compare_runs
-from cvit.run.demo import prepare_world, run_methods
+from cvit.run.demo import prepare_world, run_methods, world_paths
+from cvit.run.document import read_run_document
+from cvit.run.provenance import cpu_model, library_versions
 from cvit.synthetic.writer import SyntheticSizes
 
 # each paper's method (its main variant), the baselines, then the composed methods (configs/method/composed/)
@@ -21,10 +23,16 @@ TINY_SCALE = ("callbacks.smolora.r=8", "callbacks.smolora.alpha=16", "callbacks.
               "callbacks.moelora.alpha=16")
 
 
-def preamble(methods: tuple[str, ...], seconds: float, reused: int) -> str:
+def preamble(methods: tuple[str, ...], seconds: float, reused: int, built_world: bool, stage_seconds: float) -> str:
+    """The file's header: what was run, on what, and how long this invocation took (`seconds` of wall time;
+    `stage_seconds`, the runs' train + evaluation time summed over runs)."""
     sizes = SyntheticSizes()
-    timing = (f"This invocation took {seconds / 60:.1f} min" + (f" ({reused} finished runs reused)" if reused else "")
-              + f" on {platform.machine()} with the base-trained tiny model already built.")
+    world = "writing the benchmark and base training included" if built_world else "the world already built"
+    timing = (f"This invocation took {seconds / 60:.1f} min of wall time ({world}"
+              + (f"; {reused} finished runs reused" if reused else "")
+              + f") on {cpu_model()} ({os.cpu_count()} cores); the runs' stages took {stage_seconds / 60:.1f} min"
+              + " summed over runs.")
+    versions = ", ".join(f"{name} {version}" for name, version in library_versions().items())
     return "\n".join([
         "# Every method on the synthetic stream",
         "",
@@ -34,6 +42,8 @@ def preamble(methods: tuple[str, ...], seconds: float, reused: int) -> str:
         f"tiny model: {' '.join(TINY_SCALE)}. Each row is configs/method/<name>.yaml",
         f"({', '.join(methods)}); its run is work/runs/demo-<name> (report.md, matrix.json).",
         timing,
+        f"Libraries: {versions}. Another CPU type or other library versions can give other figures: base",
+        "training's 1500 steps amplify floating-point differences.",
         "",
         "",
     ])
@@ -43,8 +53,11 @@ def run_results(work: Path, configs: Path, out: Path, methods: tuple[str, ...] =
     """Run (or reuse) every method, `jobs` at a time (`cvit.run.demo.run_methods`), then write `out`/synthetic.md,
     tradeoff.png and matrices.png; returns the markdown's path."""
     started = time.perf_counter()
+    built_world = not (world_paths(work)[2] / "config.json").is_file()
     data, model = prepare_world(work)
     reused = sum((work / "runs" / f"demo-{Path(m).name}" / "matrix.json").is_file() for m in methods)
     runs = list(run_methods(methods, jobs, work, configs, data, model, "single", TINY_SCALE).values())
-    compare_runs(runs, out, "synthetic.md", preamble(methods, time.perf_counter() - started, reused))
+    stage_seconds = sum(sum(read_run_document(run / "matrix.json").seconds) for run in runs)
+    header = preamble(methods, time.perf_counter() - started, reused, built_world, stage_seconds)
+    compare_runs(runs, out, "synthetic.md", header)
     return out / "synthetic.md"
