@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from cvit.reports.compare import compare_runs
+from cvit.reports.compare import compare_runs, tradeoff_figure
 from cvit.run.document import RunDocument
 from cvit.run.rundir import RunDirectory
 
@@ -59,3 +59,13 @@ def test_the_command_compares_and_names_a_folder_without_a_run(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "cvit.cli", "compare", str(tmp_path / "empty")], capture_output=True,
                          text=True)
     assert bad.returncode != 0 and "empty" in bad.stderr and "matrix.json" in bad.stderr
+
+
+def test_tradeoff_plots_sequential_points_and_single_stage_lines_without_captions(tmp_path):
+    docs = {"demo-seqlora": SEQUENTIAL, "demo-joint": JOINT}
+    axes = tradeoff_figure(docs).axes[0]
+    # seqlora without captions: last 40, BWT 40 - 50 = -10; joint (no BWT) a line at its colour score 60
+    assert [tuple(p) for c in axes.collections for p in c.get_offsets()] == [(-10.0, 40.0)]
+    assert [line.get_ydata()[0] for line in axes.lines] == [60.0]
+    assert {text.get_text() for text in axes.texts} == {"demo-seqlora", "demo-joint"}
+    assert "without the caption tasks" in axes.get_ylabel()

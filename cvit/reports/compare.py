@@ -1,7 +1,8 @@
 """`cvit compare RUN_DIR ... [--out DIR]`: several runs side by side. A markdown table of their continual metrics
 (all tasks, and without the caption tasks, whose CIDEr x100 is not on the 0-100 scale), instruction following,
-adapter parameters and run time; with `--out`, also comparison.md, tradeoff.png (Last against BWT, one point per
-sequential run) and matrices.png (every run's accuracy matrix in a grid of heatmaps)."""
+adapter parameters and run time; with `--out`, also comparison.md, tradeoff.png (Last against BWT on the 0-100 tasks,
+one point per sequential run, a line per single-stage run) and matrices.png (every run's accuracy matrix in a grid
+of heatmaps)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,12 @@ def parameters_table(docs: dict[str, RunDocument]) -> str:
     return markdown_table(["run", "trainable", "stored", "inference", "seconds"], rows)
 
 
+def has_captions(docs: dict[str, RunDocument]) -> bool:
+    return any(scorer == "caption" for doc in docs.values() for scorer in doc.scorers.values())
+
+
 def comparison_markdown(docs: dict[str, RunDocument]) -> str:
-    captions = any(scorer == "caption" for doc in docs.values() for scorer in doc.scorers.values())
+    captions = has_captions(docs)
     lines = ["Continual metrics, all tasks" + (" (caption: CIDEr x100):" if captions else ":"),
              metrics_table({name: run_metrics(doc) for name, doc in docs.items()})]
     if captions:
@@ -46,18 +51,25 @@ def comparison_markdown(docs: dict[str, RunDocument]) -> str:
 
 
 def tradeoff_figure(docs: dict[str, RunDocument]) -> Figure:
-    """Last against BWT, a labelled point per run that has both (single-stage runs have no BWT)."""
-    figure = Figure(figsize=(6, 4.5), layout="constrained")
+    """Last against BWT on the 0-100 tasks (caption tasks left out where there are any): a labelled point per
+    sequential run, a dashed line at the Last of each single-stage run (zero-shot, joint: no BWT)."""
+    exclude = ("caption",) if has_captions(docs) else ()
+    figure = Figure(figsize=(7, 5), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     for name, doc in docs.items():
-        metrics = run_metrics(doc)
-        if metrics["last"] is not None and metrics["bwt"] is not None:
-            axes.scatter(metrics["bwt"], metrics["last"])
-            axes.annotate(name, (metrics["bwt"], metrics["last"]), textcoords="offset points", xytext=(4, 4),
-                          fontsize=8)
+        metrics = run_metrics(doc, exclude)
+        if metrics["last"] is None:
+            continue
+        if metrics["bwt"] is None:
+            axes.axhline(metrics["last"], linestyle="--", linewidth=0.8, color="grey")
+            axes.annotate(name, (0.01, metrics["last"]), xycoords=("axes fraction", "data"), xytext=(0, 3),
+                          textcoords="offset points", fontsize=7, color="grey")
+            continue
+        axes.scatter(metrics["bwt"], metrics["last"])
+        axes.annotate(name, (metrics["bwt"], metrics["last"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
     axes.set_xlabel("BWT (higher: less forgetting)")
-    axes.set_ylabel("Last (ACC)")
+    axes.set_ylabel("Last (ACC" + (", without the caption tasks)" if exclude else ")"))
     axes.set_title("accuracy against forgetting")
     axes.grid(alpha=0.3)
     return figure
