@@ -27,9 +27,9 @@ demo: install
 results: install
 	$(CVIT) results --work $(WORK) --out results --jobs $(JOBS)
 
-# each method's cost after 3, 6 and 12 tasks of the long synthetic stream: work/scaling/scaling.md and scaling.png
+# each method's cost after 3, 6 and 12 tasks of the long synthetic stream: results/scaling.md and scaling.png
 scaling: install
-	$(PY) scripts/scaling.py --work $(WORK)
+	$(PY) scripts/scaling.py --work $(WORK) --out results
 
 test: install
 	$(PY) -m pytest tests

@@ -4,7 +4,8 @@ configs/benchmark/synthetic_long.yaml) from the base-trained tiny model.
 Per method, after 3, 6 and 12 tasks: the adapter parameters stored and used at inference (the run document's
 `parameters`), the median training step time and the evaluation throughput (test items generated and scored per
 second over the seen tasks; the run document's `timing`). Tasks are short (STEPS optimizer steps, TEST test items
-each): these runs measure cost, not scores. Writes WORK/scaling/scaling.md and scaling.png and prints the table.
+each): these runs measure cost, not scores. Writes scaling.md and scaling.png (to --out, default WORK/scaling;
+the runs stay in WORK/scaling/runs) and prints the table.
 """
 
 from __future__ import annotations
@@ -99,14 +100,16 @@ def scaling_figure(docs: dict[str, RunDocument]) -> Figure:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="work")
+    parser.add_argument("--out", help="where scaling.md and scaling.png go (default: WORK/scaling)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), help="seqlora (the ratios' reference) first")
     args = parser.parse_args()
     work = Path(args.work)
     _, model = prepare_world(work)
-    data, out = work / "synthetic-long", work / "scaling"
+    data, runs = work / "synthetic-long", work / "scaling" / "runs"
+    out = Path(args.out) if args.out else work / "scaling"
     if not is_current(data, SIZES, LONG_TASKS):
         make_synthetic(data, SIZES, LONG_TASKS)
-    docs = {method: run_long(method, data, model, out / "runs") for method in args.methods}
+    docs = {method: run_long(method, data, model, runs) for method in args.methods}
     table = scaling_table(docs)
     text = (f"# Cost as the stream grows\n\nWritten by `make scaling` (scripts/scaling.py): the long synthetic "
             f"stream, {STEPS} steps of batch {BATCH} and {TEST} test items per task, seen tasks evaluated after "
@@ -114,6 +117,7 @@ def main() -> None:
             f"step x and eval x: the training step time and the evaluation throughput (test items generated and "
             f"scored per second) over SeqLoRA's after the same task.\n\n"
             f"{table}\n![cost against tasks](scaling.png)\n")
+    out.mkdir(parents=True, exist_ok=True)
     write_text(out / "scaling.md", text)
     figure = scaling_figure(docs)
     write_with(out / "scaling.png", lambda path: figure.savefig(path, format="png", dpi=110))
