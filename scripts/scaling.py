@@ -88,9 +88,10 @@ def scaling_figure(docs: dict[str, RunDocument]) -> Figure:
               ("evaluation (test items / s)", lambda d, i: throughput(d.timing[i])))
     for index, (title, value) in enumerate(panels):
         axes = figure.add_subplot(2, 2, index + 1)
-        for method, doc in docs.items():
+        for number, (method, doc) in enumerate(docs.items()):
             stages = range(len(doc.timing))
-            axes.plot([i + 1 for i in stages], [value(doc, i) for i in stages], marker=".", label=method)
+            axes.plot([i + 1 for i in stages], [value(doc, i) for i in stages], marker=".", label=method,
+                      linestyle=("-", "--")[number // 10 % 2])  # the colour cycle has 10 colours
         axes.set_title(title)
         axes.set_xlabel("tasks trained")
         axes.grid(alpha=0.3)
