@@ -28,6 +28,11 @@ def world_paths(work: Path) -> tuple[Path, Path, Path]:
     return work / "synthetic", work / "tiny-llava", work / "tiny-llava-base"
 
 
+def base_model_built(work: Path) -> bool:
+    """Whether `work` holds the base-trained tiny model (prepare_world then skips data and base training)."""
+    return (world_paths(work)[2] / "config.json").is_file()
+
+
 def prepare_world(work: Path) -> tuple[Path, Path]:
     """(data root, base-trained model folder), each built once and cached under `work`."""
     data, tiny, base = world_paths(work)
@@ -36,7 +41,7 @@ def prepare_world(work: Path) -> tuple[Path, Path]:
         make_synthetic(data)
     if not (tiny / "config.json").is_file():
         save_tiny_llava(tiny)
-    if not (base / "config.json").is_file():
+    if not base_model_built(work):
         print(f"base-training the tiny model into {base}")
         base_train(tiny, data, base)
     return data, base

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from cvit.reports.compare import compare_runs
-from cvit.run.demo import prepare_world, run_methods, world_paths
+from cvit.run.demo import base_model_built, prepare_world, run_methods
 from cvit.run.document import read_run_document
 from cvit.run.provenance import cpu_model, library_versions
 from cvit.synthetic.writer import SyntheticSizes
@@ -53,7 +53,7 @@ def run_results(work: Path, configs: Path, out: Path, methods: tuple[str, ...] =
     """Run (or reuse) every method, `jobs` at a time (`cvit.run.demo.run_methods`), then write `out`/synthetic.md,
     tradeoff.png and matrices.png; returns the markdown's path."""
     started = time.perf_counter()
-    built_world = not (world_paths(work)[2] / "config.json").is_file()
+    built_world = not base_model_built(work)
     data, model = prepare_world(work)
     reused = sum((work / "runs" / f"demo-{Path(m).name}" / "matrix.json").is_file() for m in methods)
     runs = list(run_methods(methods, jobs, work, configs, data, model, "single", TINY_SCALE).values())
