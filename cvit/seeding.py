@@ -7,8 +7,10 @@ Model initialisation (tiny models, fresh adapters) uses the global RNG, seeded b
 
 from __future__ import annotations
 
+import hashlib
 import random
 
+import numpy as np
 import torch
 
 
@@ -22,3 +24,10 @@ def keyed_random(*key: object) -> random.Random:
     """A Python Random seeded by the "/"-joined `key` (e.g. the seed and a record id): string seeds hash with
     SHA-512, so the draws are the same on every machine and Python version."""
     return random.Random("/".join(map(str, key)))
+
+
+def keyed_numpy(*key: object) -> np.random.Generator:
+    """A numpy Generator (PCG64) seeded by the "/"-joined `key` through SHA-512, like `keyed_random`: the same
+    draws on every machine (numpy's bit generators do not depend on the CPU)."""
+    digest = hashlib.sha512("/".join(map(str, key)).encode()).digest()
+    return np.random.Generator(np.random.PCG64(int.from_bytes(digest[:16], "little")))

@@ -1,8 +1,9 @@
 """Task generators of the synthetic benchmark, mirroring the real task types.
 
-Each generator draws a scene and returns `(scene, question, answer)`. The question carries no
-format instruction: the DataModule appends one of the task's instruction templates from the
-benchmark spec (single- or multi-type), as CVIT's templates do.
+Each generator draws a scene and returns a `Sample`: the scene, the question and `answer`, which gives one
+annotator's answer for an annotator's random draws (see `cvit.synthetic.annotators`). The question carries no
+format instruction: the DataModule appends one of the task's instruction templates from the benchmark spec
+(single- or multi-type), as CVIT's templates do.
 """
 
 from __future__ import annotations
@@ -11,15 +12,35 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cvit.synthetic.lexicon import COLOURS, DIGITS, LETTERS, NUMBER_WORDS, SHAPES
-from cvit.synthetic.scenes import Scene, Shape, sample_digit, sample_shapes
+from cvit.synthetic.annotators import (
+    box_drawn,
+    colour_seen,
+    count_seen,
+    noticed,
+    shape_seen,
+    writing_seen,
+)
+from cvit.synthetic.lexicon import BASE_COLOURS, BASE_SHAPES, COLOURS, LETTERS, NUMBER_WORDS, SHAPES
+from cvit.synthetic.scenes import CLEAR, HARD, Conditions, Scene, Shape, sample_shapes, sample_writing
 
-Sample = tuple[Scene, str, str]
+Annotate = Callable[[random.Random], str]  # one annotator's answer, from that annotator's draws
+
+
+@dataclass(frozen=True)
+class Sample:
+    scene: Scene
+    question: str
+    answer: Annotate
 
 
 def options_text(choices: tuple[str, ...]) -> str:
-    """Options in a fixed order (shuffled options were unlearnable for the tiny model), lettered from A."""
+    """Options in the order given, lettered from A."""
     return " ".join(f"{letter}. {choice}" for letter, choice in zip(LETTERS[: len(choices)], choices, strict=True))
+
+
+def letter_of(options: tuple[str, ...], seen: str, right: str) -> str:
+    """The letter a person picks: the option they saw, or the right one when what they saw is not offered."""
+    return LETTERS[options.index(seen if seen in options else right)]
 
 
 def format_box(box: tuple[float, float, float, float]) -> str:
@@ -27,103 +48,145 @@ def format_box(box: tuple[float, float, float, float]) -> str:
     return "[" + ", ".join(f"{v:.2f}" for v in box) + "]"
 
 
-def caption_of(shapes: tuple[Shape, ...]) -> str:
-    """Objects listed in reading order, e.g. 'a red circle at the top left and a blue cross at ...'."""
-    parts = [f"a {s.colour} {s.shape} at the {s.where}" for s in shapes]
-    return " and ".join(parts) + "."
+# ---- captions: every annotator has a way of describing --------------------------------------------------
+
+HOUSE_PLACE = "at the {where}"  # the base model's own captions
+PLACES = ("in the {where} corner", "in the {where}", "on the {side}", "")  # the stream's annotators'
+OPENINGS = ("", "", "there is ", "the image shows ", "I see ")
+SIZE_WORDS = ("small ", "", "large ")  # what an annotator may say of an object's size (6-8, 9-11, 12-13 px)
+
+
+def caption_by(shapes: tuple[Shape, ...], rng: random.Random, house_style: bool = False) -> str:
+    """One annotator's caption: the objects they notice (the clearest one at least), named as they see them
+    (sometimes with their size), placed in their own words, in reading order or, now and then, in another.
+    `house_style`: the base model's own instruction data, which always writes 'a red circle at the top left and a
+    blue cross at the bottom right.' (every object noticed, in reading order)."""
+    seen = [s for s in shapes if noticed(s, rng)] or [max(shapes, key=lambda s: s.look.clarity)]
+    if house_style:
+        place, opening, sized = HOUSE_PLACE, "", False
+    else:
+        if rng.random() < 0.25:
+            rng.shuffle(seen)
+        place, opening, sized = rng.choice(PLACES), rng.choice(OPENINGS), rng.random() < 0.3
+    parts = []
+    for s in seen:
+        size = SIZE_WORDS[min(2, (s.look.size - 6) // 3)] if sized else ""
+        where = place.format(where=s.where, side=s.where.split()[1])
+        parts.append(f"a {size}{colour_seen(s.look, rng)} {shape_seen(s, rng)} {where}".rstrip())
+    return opening + " and ".join(parts) + "."
+
+
+# ---- the stream's tasks ---------------------------------------------------------------------------------
 
 
 def colour_choice(rng: random.Random) -> Sample:
-    scene = Scene(sample_shapes(rng, 1))
-    answer = LETTERS[COLOURS.index(scene.shapes[0].colour)]
-    return scene, f"What colour is the shape ? {options_text(COLOURS)}", answer
+    """Multiple choice (ScienceQA-like) over the six colours, offered in a fixed order (shuffled options were
+    unlearnable at this size)."""
+    scene = sample_shapes(rng, 1, SHAPES)
+    shape = scene.shapes[0]
+    return Sample(scene, f"What colour is the shape ? {options_text(COLOURS)}",
+                  lambda r: letter_of(COLOURS, colour_seen(shape.look, r), shape.colour))
 
 
-def count_shapes(rng: random.Random) -> Sample:
-    scene = Scene(sample_shapes(rng, rng.randint(1, 4)))
-    return scene, "How many shapes are in the image ?", NUMBER_WORDS[len(scene.shapes)]
+def count_colour(rng: random.Random) -> Sample:
+    """Short-answer VQA (VQAv2 / GQA-like): how many shapes of one colour, answered in digits."""
+    palette = rng.sample(COLOURS, 2)
+    scene = sample_shapes(rng, rng.randint(2, 4), SHAPES, tuple(palette))
+    target = rng.choice(palette)
+
+    def answer(r: random.Random) -> str:
+        return str(sum(noticed(s, r) and colour_seen(s.look, r) == target for s in scene.shapes))
+
+    return Sample(scene, f"How many {target} shapes are there ?", answer)
 
 
 def classify_shape(rng: random.Random) -> Sample:
-    scene = Scene(sample_shapes(rng, 1))
-    return scene, "What is the object in the image ?", scene.shapes[0].shape
+    """Classification (ImageNet-like) over the six kinds."""
+    scene = sample_shapes(rng, 1, SHAPES)
+    return Sample(scene, "What is the object in the image ?", lambda r: shape_seen(scene.shapes[0], r))
 
 
-def read_digit(rng: random.Random) -> Sample:
-    scene = sample_digit(rng)
-    return scene, "What number is written in the image ?", scene.digit
+def read_number(rng: random.Random) -> Sample:
+    """Reading text in the image (TextVQA / OCR-VQA-like): a number of one or two digits."""
+    scene = sample_writing(rng, rng.choice((1, 2)))
+    return Sample(scene, "What number is written in the image ?", lambda r: writing_seen(scene.writing, r))
 
 
 def ground_colour(rng: random.Random) -> Sample:
-    scene = Scene(sample_shapes(rng, rng.randint(2, 3), distinct_colours=True))
+    """Grounding (RefCOCO-like): the box of the shape of a named colour."""
+    scene = sample_shapes(rng, rng.randint(2, 3), SHAPES, distinct_colours=True)
     target = rng.choice(scene.shapes)
     question = (
         "Please provide the bounding box coordinate of the region this sentence describes : "
         f"the {target.colour} shape"
     )
-    return scene, question, format_box(target.box)
+    return Sample(scene, question, lambda r: format_box(box_drawn(target, r)))
 
 
 def caption(rng: random.Random) -> Sample:
-    scene = Scene(sample_shapes(rng, rng.randint(1, 3)))
-    return scene, "Describe the image briefly .", caption_of(scene.shapes)
+    """Captioning (Flickr30k-like)."""
+    scene = sample_shapes(rng, rng.randint(1, 3), SHAPES)
+    return Sample(scene, "Describe the image briefly .", lambda r: caption_by(scene.shapes, r))
 
 
 def side_of_shape(rng: random.Random) -> Sample:
-    scene = Scene(sample_shapes(rng, 1))
-    return scene, "Is the shape on the left or the right side ?", scene.shapes[0].where.split()[1]
+    scene = sample_shapes(rng, 1, SHAPES)
+    return Sample(scene, "Is the shape on the left or the right side ?", lambda r: scene.shapes[0].where.split()[1])
 
 
 def shape_choice(rng: random.Random) -> Sample:
-    scene = Scene(sample_shapes(rng, 1))
-    answer = LETTERS[SHAPES.index(scene.shapes[0].shape)]
-    return scene, f"Which shape is it ? {options_text(SHAPES)}", answer
+    scene = sample_shapes(rng, 1, SHAPES)
+    shape = scene.shapes[0]
+    return Sample(scene, f"Which shape is it ? {options_text(SHAPES)}",
+                  lambda r: letter_of(SHAPES, shape_seen(shape, r), shape.shape))
 
 
 # The long stream's further tasks: the same attributes in other answer formats (and the box by shape)
 
 
 def count_choice(rng: random.Random) -> Sample:
-    scene = Scene(sample_shapes(rng, rng.randint(1, 4)))
-    question = f"How many shapes are in the image ? {options_text(NUMBER_WORDS[1:5])}"
-    return scene, question, LETTERS[len(scene.shapes) - 1]
+    scene = sample_shapes(rng, rng.randint(1, 4), SHAPES)
+    return Sample(scene, f"How many shapes are in the image ? {options_text(NUMBER_WORDS[1:5])}",
+                  lambda r: LETTERS[count_seen(scene.shapes, r) - 1])
 
 
 def colour_word(rng: random.Random) -> Sample:
-    scene = Scene(sample_shapes(rng, 1))
-    return scene, "What colour is the shape ?", scene.shapes[0].colour
+    scene = sample_shapes(rng, 1, SHAPES)
+    return Sample(scene, "What colour is the shape ?", lambda r: colour_seen(scene.shapes[0].look, r))
 
 
 def side_choice(rng: random.Random) -> Sample:
-    scene = Scene(sample_shapes(rng, 1))
+    scene = sample_shapes(rng, 1, SHAPES)
     sides = ("left", "right")
-    answer = LETTERS[sides.index(scene.shapes[0].where.split()[1])]
-    return scene, f"Is the shape on the left or the right side ? {options_text(sides)}", answer
+    return Sample(scene, f"Is the shape on the left or the right side ? {options_text(sides)}",
+                  lambda r: LETTERS[sides.index(scene.shapes[0].where.split()[1])])
 
 
 def where_colour(rng: random.Random) -> Sample:
-    scene = Scene(sample_shapes(rng, rng.randint(2, 3), distinct_colours=True))
+    scene = sample_shapes(rng, rng.randint(2, 3), SHAPES, distinct_colours=True)
     target = rng.choice(scene.shapes)
-    return scene, f"Where is the {target.colour} shape ?", target.where
+    return Sample(scene, f"Where is the {target.colour} shape ?", lambda r: target.where)
 
 
 def ground_shape(rng: random.Random) -> Sample:
     """The box of a shape whose kind no other shape in the scene has (scenes redrawn until one has such a shape)."""
     while True:
-        scene = Scene(sample_shapes(rng, rng.randint(2, 3), distinct_colours=True))
+        scene = sample_shapes(rng, rng.randint(2, 3), SHAPES, distinct_colours=True)
         kinds = [s.shape for s in scene.shapes]
         unique = [s for s in scene.shapes if kinds.count(s.shape) == 1]
         if unique:
             break
     target = rng.choice(unique)
     question = f"Please provide the bounding box coordinate of the region this sentence describes : the {target.shape}"
-    return scene, question, format_box(target.box)
+    return Sample(scene, question, lambda r: format_box(box_drawn(target, r)))
 
 
-def digit_choice(rng: random.Random) -> Sample:
-    scene = sample_digit(rng)
-    options = tuple(sorted({scene.digit, *rng.sample([d for d in DIGITS if d != scene.digit], 3)}))
-    return scene, f"What number is written in the image ? {options_text(options)}", LETTERS[options.index(scene.digit)]
+def number_choice(rng: random.Random) -> Sample:
+    scene = sample_writing(rng, 2)
+    right = scene.writing.text
+    options = tuple(sorted({right, *rng.sample([str(n) for n in range(10, 100) if str(n) != right], 3)}, key=int))
+    return Sample(scene, f"What number is written in the image ? {options_text(options)}",
+                  lambda r: letter_of(options, writing_seen(scene.writing, r), right))
 
 
 @dataclass(frozen=True)
@@ -131,18 +194,19 @@ class SyntheticTask:
     name: str
     generate: Callable[[random.Random], Sample]
     unseen: bool = False
+    references: int = 1  # annotators' answers a test record keeps (10 for VQA's soft accuracy, 5 captions)
 
 
 TASKS: dict[str, SyntheticTask] = {
     t.name: t
     for t in (
         SyntheticTask("colour_mc", colour_choice),
-        SyntheticTask("count_vqa", count_shapes),
+        SyntheticTask("count_vqa", count_colour, references=10),
         SyntheticTask("shape_cls", classify_shape),
-        SyntheticTask("digit_ocr", read_digit),
+        SyntheticTask("digit_ocr", read_number, references=10),
         SyntheticTask("grounding", ground_colour),
-        SyntheticTask("caption", caption),
-        SyntheticTask("side_vqa", side_of_shape, unseen=True),
+        SyntheticTask("caption", caption, references=5),
+        SyntheticTask("side_vqa", side_of_shape, unseen=True, references=10),
         SyntheticTask("shape_mc", shape_choice, unseen=True),
     )
 }
@@ -150,16 +214,18 @@ TASKS: dict[str, SyntheticTask] = {
 LONG_TASKS: dict[str, SyntheticTask] = {
     **TASKS,
     **{t.name: t for t in (
-        SyntheticTask("count_mc", count_choice), SyntheticTask("colour_vqa", colour_word),
-        SyntheticTask("side_mc", side_choice), SyntheticTask("where_vqa", where_colour),
-        SyntheticTask("ground_shape", ground_shape), SyntheticTask("digit_mc", digit_choice),
+        SyntheticTask("count_mc", count_choice), SyntheticTask("colour_vqa", colour_word, references=10),
+        SyntheticTask("side_mc", side_choice), SyntheticTask("where_vqa", where_colour, references=10),
+        SyntheticTask("ground_shape", ground_shape), SyntheticTask("digit_mc", number_choice),
     )},
 }
 
 
+# ---- the base model's own instruction tuning ------------------------------------------------------------
+
 # The answer formats a base MLLM already knows from its own instruction tuning (LLaVA-1.5's SFT mix has
 # such prompts); the base mixture uses them with its own question wordings, not the stream's.
-SHORT_FORMS = ("Answer the question using a single word or phrase .", "Respond with one word .")
+SHORT_FORMS = ("Respond with one word .", "Answer in one word .")  # not the stream's wording
 LETTER_ANSWER = "Answer with the option ' s letter from the given choices directly ."
 
 BASE_WORDINGS = {
@@ -170,47 +236,78 @@ BASE_WORDINGS = {
     "digit": ("Read the digit .", "What number is written ?", "Which digit is in the picture ?"),
     "where": ("Where is the {colour} shape ?", "Which region has the {colour} shape ?"),
     "count_letter": (f"How many shapes are there ? {{options}}\n{LETTER_ANSWER}",),
+    "colour_letter": (f"Which colour is it ? {{options}}\n{LETTER_ANSWER}",),
+    "shape_letter": (f"Which shape is it ? {{options}}\n{LETTER_ANSWER}",),
 }
 
 
-def base_attribute(kind: str, rng: random.Random) -> tuple[Scene, str, str]:
-    """(scene, free-form sentence answer, bare value) for an attribute question of `kind`."""
+CLEAR_SHARE = 0.5  # of the base mixture's scenes drawn CLEAR, the others HARD (see cvit.synthetic.scenes)
+
+
+def base_conditions(rng: random.Random, clear_share: float) -> Conditions:
+    return CLEAR if rng.random() < clear_share else HARD
+
+
+def base_attribute(kind: str, rng: random.Random, clear_share: float) -> tuple[Scene, Annotate, Annotate]:
+    """(scene, a free-form sentence answer, the bare value) for an attribute question of `kind`, each answer as
+    an annotator gives it."""
     if kind == "digit":
-        scene = sample_digit(rng)
-        return scene, f"The number is {scene.digit} .", scene.digit
+        scene = sample_writing(rng, 1, BASE_COLOURS, base_conditions(rng, clear_share))
+
+        def read(r: random.Random) -> str:
+            return writing_seen(scene.writing, r)
+
+        return scene, lambda r: f"The number is {read(r)} .", read
     if kind == "count":
-        scene = Scene(sample_shapes(rng, rng.randint(1, 4)))
-        n = len(scene.shapes)
-        sentence = f"There {'is' if n == 1 else 'are'} {NUMBER_WORDS[n]} shape{'' if n == 1 else 's'} ."
-        return scene, sentence, NUMBER_WORDS[n]
-    scene = Scene(sample_shapes(rng, 1))
+        scene = sample_shapes(rng, rng.randint(1, 4), BASE_SHAPES, BASE_COLOURS,
+                              conditions=base_conditions(rng, clear_share))
+
+        def sentence(r: random.Random) -> str:
+            n = count_seen(scene.shapes, r)
+            return f"There {'is' if n == 1 else 'are'} {NUMBER_WORDS[n]} shape{'' if n == 1 else 's'} ."
+
+        return scene, sentence, lambda r: NUMBER_WORDS[count_seen(scene.shapes, r)]
+    scene = sample_shapes(rng, 1, BASE_SHAPES, BASE_COLOURS, conditions=base_conditions(rng, clear_share))
     shape = scene.shapes[0]
     if kind == "colour":
-        return scene, f"The shape is {shape.colour} .", shape.colour
-    return scene, f"It is a {shape.shape} .", shape.shape
+        return scene, lambda r: f"The shape is {colour_seen(shape.look, r)} .", lambda r: colour_seen(shape.look, r)
+    return scene, lambda r: f"It is a {shape_seen(shape, r)} .", lambda r: shape_seen(shape, r)
 
 
-def base_sample(rng: random.Random) -> Sample:
-    """One sample of the base-training mixture: the world's attributes asked in varied wordings.
+def base_sample(rng: random.Random, clear_share: float = CLEAR_SHARE) -> Sample:
+    """One sample of the base-training mixture: the base colours and shapes, counts, single digits and positions
+    asked in varied wordings, a `clear_share` of the scenes CLEAR (base training's first stage: all).
 
-    The base model learns to see (colour, shape, count, digit, position), to follow varied
-    instructions and, half of the time, to answer in the short-answer format (and counts as option
-    letters), as LLaVA-1.5 is SFT'd before continual tuning. The stream then asks in its own wordings
-    and templates, and for one format the base never saw (the grounding box).
+    The base model learns to see, to follow varied instructions and, half of the time, to answer in the
+    short-answer format (and colours, shapes and counts as option letters), as LLaVA-1.5 is SFT'd before continual
+    tuning; its short-answer instructions are its own, not the stream's ("Answer the question using a single word or
+    phrase", which CoIN's start, Vicuna with a projector, has not seen either). The stream
+    then asks in its own wordings and templates, shows two more colours and shapes, two-digit numbers, counts of one
+    colour, and asks for one format the base never saw (the grounding box), all in HARD scenes.
     """
     kind = rng.choice(tuple(BASE_WORDINGS))
     wording = rng.choice(BASE_WORDINGS[kind])
+    conditions = base_conditions(rng, clear_share)
     if kind == "caption":
-        scene = Scene(sample_shapes(rng, rng.randint(1, 3)))
-        return scene, wording, caption_of(scene.shapes)
+        scene = sample_shapes(rng, rng.randint(1, 3), BASE_SHAPES, BASE_COLOURS, conditions=conditions)
+        return Sample(scene, wording, lambda r: caption_by(scene.shapes, r, house_style=True))
     if kind == "where":
-        scene = Scene(sample_shapes(rng, rng.randint(2, 3), distinct_colours=True))
+        scene = sample_shapes(rng, rng.randint(2, 3), BASE_SHAPES, BASE_COLOURS, True, conditions)
         target = rng.choice(scene.shapes)
-        return scene, wording.format(colour=target.colour), f"It is at the {target.where} ."
+        return Sample(scene, wording.format(colour=target.colour), lambda r: f"It is at the {target.where} .")
     if kind == "count_letter":
-        scene = Scene(sample_shapes(rng, rng.randint(1, 4)))
-        return scene, wording.format(options=options_text(NUMBER_WORDS[1:5])), LETTERS[len(scene.shapes) - 1]
-    scene, sentence, value = base_attribute(kind, rng)
+        scene = sample_shapes(rng, rng.randint(1, 4), BASE_SHAPES, BASE_COLOURS, conditions=conditions)
+        return Sample(scene, wording.format(options=options_text(NUMBER_WORDS[1:5])),
+                      lambda r: LETTERS[count_seen(scene.shapes, r) - 1])
+    if kind in ("colour_letter", "shape_letter"):  # the base's own options: its four colours or kinds, in order
+        scene = sample_shapes(rng, 1, BASE_SHAPES, BASE_COLOURS, conditions=conditions)
+        shape = scene.shapes[0]
+        if kind == "colour_letter":
+            return Sample(scene, wording.format(options=options_text(BASE_COLOURS)),
+                          lambda r: letter_of(BASE_COLOURS, colour_seen(shape.look, r), shape.colour))
+        return Sample(scene, wording.format(options=options_text(BASE_SHAPES)),
+                      lambda r: letter_of(BASE_SHAPES, shape_seen(shape, r), shape.shape))
+    scene, sentence, value = base_attribute(kind, rng, clear_share)
     if rng.random() < 0.5:
-        return scene, f"{wording}\n{rng.choice(SHORT_FORMS)}", value
-    return scene, wording, sentence
+        return Sample(scene, f"{wording}\n{rng.choice(SHORT_FORMS)}", value)
+    return Sample(scene, wording, sentence)
