@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import (
     CLIPImageProcessorPil,
     CLIPVisionConfig,
@@ -21,7 +21,7 @@ from transformers import (
 )
 
 from cvit.run.atomic import atomic_path
-from cvit.synthetic.lexicon import WORD_PATTERN, vocabulary
+from cvit.synthetic.lexicon import SPACE, TOKEN_PATTERN, vocabulary
 from cvit.synthetic.scenes import IMAGE_SIZE
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
@@ -29,12 +29,16 @@ PATCH_SIZE = 8
 
 
 def build_word_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per word of the lexicon; decoding joins words and tidies spaces before punctuation."""
+    """One token per word of the lexicon, spaces carried as Llama's are and numbers split into digits (see
+    `cvit.synthetic.lexicon`); decoding turns the carried spaces back into spaces."""
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + tuple(vocabulary()))}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(WORD_PATTERN), behavior="isolated")]
-    )
+    core.normalizer = normalizers.Replace("\n", " ")
+    core.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Metaspace(replacement=SPACE, prepend_scheme="always", split=True),
+        pre_tokenizers.Split(Regex(TOKEN_PATTERN), behavior="isolated"),
+    ])
+    core.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         pad_token="<pad>",
@@ -42,7 +46,7 @@ def build_word_tokenizer() -> PreTrainedTokenizerFast:
         eos_token="</s>",
         unk_token="<unk>",
         extra_special_tokens={"image_token": "<image>"},
-        clean_up_tokenization_spaces=True,
+        clean_up_tokenization_spaces=False,
         padding_side="left",
     )
     return tokenizer

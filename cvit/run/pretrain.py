@@ -3,10 +3,16 @@
 Gives the tiny model the starting competence a real MLLM has before continual tuning (it sees
 colours, shapes, counts, digits and positions, and follows varied free-form instructions), so the
 continual stream teaches new formats on top of a capable base, as with LLaVA-1.5 (DESIGN §6).
+
+Two stages share one optimizer and one warmup + cosine schedule: `align_steps` on base/align.json (the same
+instructions about CLEAR scenes only), then `steps` on base/train.json (half CLEAR, half HARD). A real MLLM starts
+from a pretrained CLIP; the tiny vision tower starts from nothing, and trained on the mixture alone it had not
+learned to see after 1500 steps (every image got the same answer).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -24,26 +30,28 @@ from cvit.seeding import seeded_generator
 
 
 def base_train(
-    model_dir: Path, data_root: Path, out_dir: Path, steps: int = 1500, lr: float = 1e-3,
-    batch_size: int = 32, seed: int = 0, family: str = "llava",
+    model_dir: Path, data_root: Path, out_dir: Path, steps: int = 2400, lr: float = 1e-3,
+    batch_size: int = 32, seed: int = 0, family: str = "llava", align_steps: int = 600,
 ) -> Path:
-    """Train `model_dir` on `data_root/base/train.json` for `steps` steps; save to `out_dir` atomically."""
+    """Train `model_dir` for `align_steps` steps on `data_root/base/align.json`, then `steps` steps on
+    `data_root/base/train.json`; save to `out_dir` atomically."""
     torch.manual_seed(seed)
     model = model_class(family).from_pretrained(model_dir)
     processor = load_processor(family, model_dir)
-    records = load_train(data_root / "base" / "train.json", data_root)
-    loader = DataLoader(
-        TrainSet(records, (), seed), batch_size=batch_size, shuffle=True, drop_last=True,
-        collate_fn=Collator(processor, family, 512).train_batch,
-        generator=seeded_generator(seed),
-    )
+    collate = Collator(processor, family, 512).train_batch
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    schedule = get_cosine_schedule_with_warmup(optimizer, steps // 20, steps)
+    total = align_steps + steps
+    schedule = get_cosine_schedule_with_warmup(optimizer, total // 20, total)
     model.train()
-    progress = tqdm(total=steps, desc="base training")
-    step = 0
-    while step < steps:
-        for batch in loader:
+    progress = tqdm(total=total, desc="base training")
+    for stage, count in (("align", align_steps), ("train", steps)):
+        if not count:
+            continue
+        loader = DataLoader(
+            TrainSet(load_train(data_root / "base" / f"{stage}.json", data_root), (), seed), batch_size=batch_size,
+            shuffle=True, drop_last=True, collate_fn=collate, generator=seeded_generator(seed),
+        )
+        for batch in repeat_batches(loader, count):
             outputs = model(**model_inputs(batch))
             loss = answer_loss(outputs.logits, batch["labels"], batch["loss_weight"])
             loss.backward()
@@ -51,13 +59,21 @@ def base_train(
             optimizer.step()
             schedule.step()
             optimizer.zero_grad()
-            step += 1
             progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.3f}")
-            if step == steps:
-                break
+            progress.set_postfix(stage=stage, loss=f"{loss.item():.3f}")
     progress.close()
     with atomic_path(out_dir) as staged:
         model.save_pretrained(staged)
         processor.save_pretrained(staged)
     return out_dir
+
+
+def repeat_batches(loader: DataLoader, count: int) -> Iterator[dict]:
+    """`count` batches of `loader`, starting over (a new shuffle) as often as it takes."""
+    produced = 0
+    while produced < count:
+        for batch in loader:
+            yield batch
+            produced += 1
+            if produced == count:
+                return
