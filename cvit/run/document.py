@@ -17,8 +17,8 @@ from typing import Any
 
 from cvit.errors import DataError
 
-VERSION = 2
-ADDED_IN = {"timing": 2}  # keys a layout added: optional in documents of an earlier layout
+VERSION = 3
+ADDED_IN = {"timing": 2, "answer_loss": 3}  # keys a layout added: optional in documents of an earlier layout
 
 
 @dataclass
@@ -45,6 +45,9 @@ class RunDocument:
     # of a training batch, callbacks' batch hooks included), eval_seconds (generation and scoring; task-end hooks
     # are in neither), eval_items (test records evaluated)
     timing: list[dict[str, float]] = field(default_factory=list)
+    # [stage] mean answer loss (nats per answer token) over the first and the last tenth of the stage's training
+    # batches, {"start", "end"}; None for a stage that trains nothing (zero-shot) or resumed at its end
+    answer_loss: list[dict[str, float] | None] = field(default_factory=list)
     completed: int = 0  # stages done
     version: int = VERSION
 

@@ -34,7 +34,8 @@ from cvit.run.inflight import AtomicCheckpointIO, inflight_callback, inflight_fi
 from cvit.run.parallel import check_strategy, launch_rank, trainer_arguments, world_size
 from cvit.run.provenance import run_setup
 from cvit.run.rundir import RunDirectory, stage_name
-from cvit.run.step_clock import StepClock
+from cvit.run.step_record import StepRecord
+from cvit.run.world import check_same_world, world_identity
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,8 @@ class ContinualRun:
             if self.rank == 0:
                 self.run_dir.remove_stale_temporaries()
             doc = self.run_dir.load_matrix() or self.empty_matrix()
+            check_same_world(doc.setup.get("world", {}), world_identity(self.cfg.benchmark.root, self.cfg.model.path),
+                             self.run_dir.path)
             if doc.completed == len(self.stages):
                 return self.run_dir.path  # nothing left to do: no model load
         else:
@@ -165,7 +168,7 @@ class ContinualRun:
             max_steps=cfg.max_steps, gradient_clip_val=cfg.grad_clip or None,
             accumulate_grad_batches=cfg.accumulate_grad_batches, log_every_n_steps=cfg.log_every_n_steps,
             logger=TensorBoardLogger(self.run_dir.path / "tb", name="train", version=stage_name(index, stage.name)),
-            callbacks=[*self.callbacks.values(), LearningRateMonitor(logging_interval="step"), *extra, StepClock()],
+            callbacks=[*self.callbacks.values(), LearningRateMonitor(logging_interval="step"), *extra, StepRecord()],
             enable_checkpointing=bool(extra), plugins=[AtomicCheckpointIO()], num_sanity_val_steps=0,
             limit_val_batches=0,
             default_root_dir=self.run_dir.path, enable_model_summary=index == 0,
@@ -199,12 +202,13 @@ class ContinualRun:
         doc.mif.append(row["seen_mif"])
         doc.unseen_mif.append(row["unseen_mif"])
         doc.seconds.append(round(time.perf_counter() - started, 2))
-        clock = next((c for c in trainer.callbacks if isinstance(c, StepClock)), None) if trainer else None
+        record = next((c for c in trainer.callbacks if isinstance(c, StepRecord)), None) if trainer else None
         doc.timing.append({
             "train_seconds": round(trained - started, 2), "steps": trainer.global_step if trainer else 0,
-            "step_seconds": round(clock.median(), 5) if clock else 0.0,
+            "step_seconds": round(record.median(), 5) if record else 0.0,
             "eval_seconds": round(time.perf_counter() - evaluating, 2), "eval_items": row["items"],
         })
+        doc.answer_loss.append(record.loss_summary() if record else None)
         doc.parameters.append({
             "trainable": trainable, "stored": module.pool.parameter_count(),
             "inference": module.router.inference_parameters(module.pool) + module.pool.projector_size,

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from cvit.run.world import world_identity
+
 DISTRIBUTION = "cvit-lightning"
 LIBRARIES = (DISTRIBUTION, "torch", "lightning", "transformers", "peft", "bitsandbytes", "torchmetrics")
 
@@ -66,6 +68,7 @@ def run_setup(cfg: DictConfig, world_size: int = 1) -> dict[str, Any]:
                       "lr": (train.lr if lora.projector_lr is None else lora.projector_lr) if lora.train_projector
                       else None},
         "templates": cfg.benchmark.templates,
+        "world": world_identity(cfg.benchmark.root, cfg.model.path),
         "order": [str(t) for t in cfg.benchmark.order] if not isinstance(cfg.benchmark.order, str)
         else cfg.benchmark.order,
     }

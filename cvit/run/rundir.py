@@ -140,6 +140,18 @@ def with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
         return stored
 
 
+def config_differences(run_a: Path, run_b: Path) -> list[str]:
+    """The config keys in which two run directories' config.yaml differ, those that cannot change results left out;
+    RunDirError naming a folder without one."""
+    configs = []
+    for run in (run_a, run_b):
+        path = Path(run) / "config.yaml"
+        if not path.is_file():
+            raise RunDirError(f"{run}: not a run directory (no config.yaml)")
+        configs.append(with_defaults(yaml.safe_load(path.read_text())))
+    return sorted(k for k in diff_keys(*configs) if not k.startswith(RESULT_NEUTRAL_KEYS))
+
+
 def diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         keys = set(a) | set(b)

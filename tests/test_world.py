@@ -1,0 +1,121 @@
+"""The embedded world: its committed base model, its version in every run, the check across CPU settings, the
+seed list of `cvit results`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from cvit.errors import ConfigError, DataError, RunDirError
+from cvit.run.loop import ContinualRun
+from cvit.run.results import check_seeds
+from cvit.run.world import COMMITTED, RECORD, WEIGHTS, base_is_current, materialise_base, prepare_world
+from cvit.run.world_check import comparison
+from cvit.synthetic.version import WORLD_VERSION
+from tests.test_loop import SHORT
+
+
+def test_the_committed_base_is_of_this_world_and_makes_a_model_folder(tmp_path):
+    folder = materialise_base(tmp_path / "base")
+    assert base_is_current(folder)
+    record = json.loads((folder / RECORD).read_text())
+    assert record["world"] == WORLD_VERSION
+    from transformers import LlavaForConditionalGeneration
+
+    from cvit.model.tiny import build_word_tokenizer
+
+    model = LlavaForConditionalGeneration.from_pretrained(folder)
+    assert model.config.text_config.vocab_size == len(build_word_tokenizer())
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"world": WORLD_VERSION - 1}, f"key 'world': base built for world {WORLD_VERSION - 1}"),
+    ({"vocabulary_sha256": "0" * 64}, "key 'vocabulary_sha256'"),
+    ({"weights_sha256": "0" * 64}, "checksum differs"),
+])
+def test_a_base_of_another_world_or_with_damaged_weights_is_refused(tmp_path, change, message):
+    committed = tmp_path / "committed"
+    shutil.copytree(COMMITTED, committed)
+    record = json.loads((committed / RECORD).read_text())
+    (committed / RECORD).write_text(json.dumps({**record, **change}))
+    with pytest.raises(DataError, match=message):
+        materialise_base(tmp_path / "base", committed)
+    assert not (tmp_path / "base").exists()
+
+
+def test_prepare_world_rewrites_a_base_folder_of_another_world(tmp_path, monkeypatch):
+    import cvit.run.world as world
+
+    monkeypatch.setattr(world, "is_current", lambda data, sizes: True)  # the benchmark is not this test's concern
+    base = materialise_base(tmp_path / "tiny-llava-base")
+    record = json.loads((base / RECORD).read_text())
+    (base / RECORD).write_text(json.dumps({**record, "world": 1}))
+    assert not base_is_current(base)
+    prepare_world(tmp_path)
+    assert base_is_current(base) and (base / WEIGHTS).is_file()
+
+
+def test_a_run_records_its_world_and_is_refused_at_resume_on_another(small_config):
+    cfg, sources = small_config(*SHORT, "run.name=world", "train.max_steps=1", "benchmark.order=[colour_mc]")
+    run_dir = ContinualRun(cfg, sources).run()
+    document = json.loads((run_dir / "matrix.json").read_text())
+    assert document["setup"]["world"] == {"benchmark": WORLD_VERSION}  # the test model is not the committed base
+    document["setup"]["world"] = {"benchmark": WORLD_VERSION - 1}
+    (run_dir / "matrix.json").write_text(json.dumps(document))
+    with pytest.raises(RunDirError, match="another embedded world"):
+        ContinualRun(cfg, sources, run_dir).run(resume=True)
+
+
+def summary(zeroshot, matrix, files="a", base="b", capability="AVX2", threads=1):
+    return {"capability": capability, "threads": threads, "benchmark_sha256": files, "base_sha256": base,
+            "tasks": ["t1", "t2"], "zeroshot": zeroshot, "seqlora": matrix}
+
+
+def test_world_check_compares_every_setting_with_the_first():
+    same = [summary([10.0, 20.0], [[50.0], [40.0, 60.0]]), summary([11.5, 20.0], [[50.0], [42.5, 60.0]], threads=2)]
+    text, holds = comparison(same)
+    assert holds and "largest zero-shot difference: 1.50" in text and "every SeqLoRA cell: 2.50" in text
+    off = same + [summary([10.0, 23.0], [[50.0], [40.0, 60.0]], capability="DEFAULT")]
+    assert comparison(off)[1] is False  # zero-shot 3 points away
+    assert comparison(same + [summary([10.0, 20.0], [[46.0], [40.0, 60.0]])])[1] is False  # a cell 4 away
+    files = comparison(same + [summary([10.0, 20.0], [[50.0], [40.0, 60.0]], files="c")])
+    assert files[1] is False and "benchmark files identical in every setting: NO" in files[0]
+
+
+@pytest.mark.parametrize("seeds", [(), ("1",), (0, 0), (True,)])
+def test_a_bad_seed_list_is_refused(seeds):
+    with pytest.raises(ConfigError, match="seed"):
+        check_seeds(seeds)
+
+
+def test_the_results_command_names_a_bad_seed_list(tmp_path):
+    empty = subprocess.run([sys.executable, "-m", "cvit.cli", "results", "--work", str(tmp_path), "--seeds"],
+                           capture_output=True, text=True)
+    assert empty.returncode == 2 and "the seed list is empty" in empty.stderr
+    word = subprocess.run([sys.executable, "-m", "cvit.cli", "results", "--seeds", "0", "one"],
+                          capture_output=True, text=True)
+    assert word.returncode == 2 and "invalid int value: 'one'" in word.stderr
+    assert not (tmp_path / "synthetic").exists()  # refused before anything was written
+
+
+def test_world_build_trains_in_two_stages_and_records_what_it_committed(tmp_path):
+    from cvit.run.world import BaseTraining, build_base, file_sha256
+    from cvit.synthetic.writer import SyntheticSizes
+
+    committed = tmp_path / "committed"
+    build_base(tmp_path / "work", BaseTraining(align_steps=2, steps=2, batch_size=4), committed,
+               SyntheticSizes(train=4, test=2, base=16))
+    record = json.loads((committed / RECORD).read_text())
+    assert record["weights_sha256"] == file_sha256(committed / WEIGHTS)
+    assert record["training"]["align_steps"] == 2 and record["built_with"]["command"] == "make world"
+    data = tmp_path / "work" / "synthetic" / "base"
+    assert (data / "align.json").is_file() and (data / "train.json").is_file()
+    folder = materialise_base(tmp_path / "base", committed)
+    from safetensors.torch import load_file
+
+    trained, untrained = load_file(folder / WEIGHTS), load_file(tmp_path / "work" / "tiny-llava" / WEIGHTS)
+    assert trained.keys() == untrained.keys() and any(not (trained[k] == untrained[k]).all() for k in trained)
