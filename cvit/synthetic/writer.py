@@ -29,7 +29,7 @@ from cvit.synthetic.version import WORLD_VERSION
 
 @dataclass(frozen=True)
 class SyntheticSizes:
-    train: int = 3200  # one epoch = 200 steps at the tiny model's batch 16
+    train: int = 1600  # one epoch = 200 steps at the tiny model's batch 8
     test: int = 200
     base: int = 16000  # records of each base-training stage; 0: none (the stream alone)
     seed: int = 0
