@@ -9,7 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from cvit.errors import CvitError
+from cvit.errors import ConfigError, CvitError
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +111,10 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from cvit.reports.compare import compare_runs
 
-    print(compare_runs([Path(run) for run in args.run_dirs], Path(args.out) if args.out else None), end="")
+    runs = [Path(run) for run in args.run_dirs] + [[Path(run) for run in group] for group in args.seeds]
+    if not runs:
+        raise ConfigError("cvit compare: give at least one RUN_DIR or --seeds group")
+    print(compare_runs(runs, Path(args.out) if args.out else None), end="")
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> None:
@@ -133,7 +136,8 @@ def cmd_make_synthetic(args: argparse.Namespace) -> None:
 def cmd_base_train(args: argparse.Namespace) -> None:
     from cvit.run.pretrain import base_train
 
-    options = {k: v for k, v in vars(args).items() if k in ("steps", "lr", "batch_size", "seed") and v is not None}
+    settings = ("steps", "align_steps", "lr", "batch_size", "seed")
+    options = {k: v for k, v in vars(args).items() if k in settings and v is not None}
     print(base_train(Path(args.model), Path(args.data), Path(args.out), family=args.family, **options))
 
 
@@ -154,7 +158,28 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_results(args: argparse.Namespace) -> None:
     from cvit.run.results import run_results
 
-    print(run_results(Path(args.work), Path(args.configs), Path(args.out), jobs=args.jobs))
+    print(run_results(Path(args.work), Path(args.configs), Path(args.out), jobs=args.jobs, seeds=tuple(args.seeds)))
+
+
+def cmd_world_build(args: argparse.Namespace) -> None:
+    from cvit.run.world import build_base
+
+    print(f"committed: {build_base(Path(args.work))}")
+
+
+def cmd_world_check(args: argparse.Namespace) -> None:
+    from cvit.run.world_check import world_check
+
+    text, holds = world_check(Path(args.work), Path(args.configs), Path(args.out))
+    print(text)
+    if not holds:
+        raise SystemExit(1)
+
+
+def cmd_world_calibration(args: argparse.Namespace) -> None:
+    from cvit.run.calibration import write_calibration
+
+    print(write_calibration(Path(args.work), Path(args.configs), Path(args.out), args.jobs))
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
@@ -196,7 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
     compare = sub.add_parser("compare", help="several runs' metrics side by side (and plots with --out)")
-    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("run_dirs", nargs="*", metavar="RUN_DIR")
+    compare.add_argument("--seeds", nargs="+", action="append", default=[], metavar="RUN_DIR",
+                         help="runs of one configuration under several seeds: one row of mean ± standard deviation "
+                         "(refused if their configs differ in more than train.seed); repeat for more groups")
     compare.add_argument("--out", metavar="DIR", help="also write comparison.md, tradeoff.png and matrices.png here")
     compare.set_defaults(func=cmd_compare)
     tiny = sub.add_parser("tiny-model", help="build a tiny model (LLaVA or Qwen2-VL) offline and save it")
@@ -218,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--model", required=True, help="tiny model folder")
     base.add_argument("--data", required=True, help="synthetic benchmark root")
     base.add_argument("--out", required=True, help="output model folder")
-    base.add_argument("--steps", type=int, help="optimizer steps (default: base_train's)")
+    base.add_argument("--steps", type=int, help="optimizer steps on the mixture (default: base_train's)")
+    base.add_argument("--align-steps", type=int, help="optimizer steps on CLEAR scenes first (default: base_train's)")
     base.add_argument("--lr", type=float)
     base.add_argument("--batch-size", type=int)
     base.add_argument("--seed", type=int)
@@ -248,11 +277,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--configs", default="configs", help="the configs folder")
     demo.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
     demo.set_defaults(func=cmd_demo)
+    world = sub.add_parser("world", help="the embedded world: build its base, check it, calibrate it").add_subparsers(
+        dest="world_command", required=True)
+    build = world.add_parser("build", help="base-train the tiny model from scratch and commit its weights "
+                             "(cvit/synthetic/base/)")
+    build.add_argument("--work", default="work/world-build", help="folder for the benchmark and the training")
+    build.set_defaults(func=cmd_world_build)
+    check = world.add_parser("check", help="build the world under two CPU capabilities and two thread counts and "
+                             "compare zero-shot and SeqLoRA")
+    check.add_argument("--work", default="work/world-check", help="a folder per setting goes here")
+    check.add_argument("--configs", default="configs", help="the configs folder")
+    check.add_argument("--out", default="results", help="folder for world-check.md")
+    check.set_defaults(func=cmd_world_check)
+    calibration = world.add_parser("calibration", help="the world's quantities against the real regime's "
+                                   "(zero-shot, SeqLoRA and joint runs): results/calibration.md")
+    calibration.add_argument("--work", default="work", help="folder for the model, data and runs")
+    calibration.add_argument("--configs", default="configs", help="the configs folder")
+    calibration.add_argument("--out", default="results", help="folder for calibration.md")
+    calibration.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
+    calibration.set_defaults(func=cmd_world_calibration)
     results = sub.add_parser("results", help="every method and baseline on the synthetic stream: results/synthetic.md")
     results.add_argument("--work", default="work", help="folder for the model, data and runs")
     results.add_argument("--configs", default="configs", help="the configs folder")
     results.add_argument("--out", default="results", help="folder for synthetic.md and its plots")
     results.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
+    results.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], metavar="SEED",
+                         help="seeds of SeqLoRA, joint and the four papers' methods (the others run at the first)")
     results.set_defaults(func=cmd_results)
     return parser
 

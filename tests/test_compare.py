@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from cvit.reports.compare import compare_runs, tradeoff_figure
+from cvit.reports.compare import Group, compare_runs, tradeoff_figure
 from cvit.run.document import RunDocument
 from cvit.run.rundir import RunDirectory
 
@@ -62,10 +62,51 @@ def test_the_command_compares_and_names_a_folder_without_a_run(tmp_path):
 
 
 def test_tradeoff_plots_sequential_points_and_single_stage_lines_without_captions(tmp_path):
-    docs = {"demo-seqlora": SEQUENTIAL, "demo-joint": JOINT}
+    docs = {"demo-seqlora": Group((SEQUENTIAL,)), "demo-joint": Group((JOINT,))}
     axes = tradeoff_figure(docs).axes[0]
     # seqlora without captions: last 40, BWT 40 - 50 = -10; joint (no BWT) a line at its colour score 60
     assert [tuple(p) for c in axes.collections for p in c.get_offsets()] == [(-10.0, 40.0)]
     assert [line.get_ydata()[0] for line in axes.lines] == [60.0]
     assert {text.get_text() for text in axes.texts} == {"demo-seqlora", "demo-joint"}
     assert "without the caption tasks" in axes.get_ylabel()
+
+
+def seeded_runs(tmp_path, lrs=(0.1, 0.1, 0.1), seeds=(0, 1, 2)):
+    """Three SeqLoRA runs of BWT -10, -20, -30 (last 40, 50, 60 on the colour task) under `seeds`."""
+    import yaml
+
+    folders = []
+    for k, (lr, seed) in enumerate(zip(lrs, seeds, strict=True)):
+        folder = tmp_path / f"demo-seqlora-seed{k}"
+        folder.mkdir(parents=True)
+        doc = RunDocument(tasks=["colour", "count"], method="seqlora", stages=["colour", "count"],
+                          scorers={"colour": "exact", "count": "vqa"}, matrix=[[50.0 + 20 * k], [40.0 + 10 * k, 80.0]],
+                          setup={"seed": seed}, completed=2, seconds=[1.0, 2.0])
+        RunDirectory(folder).save_matrix(doc)
+        (folder / "config.yaml").write_text(yaml.safe_dump({"train": {"seed": seed, "lr": lr},
+                                                            "run": {"name": folder.name}}))
+        folders.append(folder)
+    return folders
+
+
+def test_a_seed_group_is_one_row_of_mean_and_sample_standard_deviation(tmp_path):
+    text = compare_runs([seeded_runs(tmp_path)])
+    # BWT per seed: 40 - 50 = -10, 50 - 70 = -20, 60 - 90 = -30: mean -20, sample std sqrt((100 + 0 + 100) / 2) = 10;
+    # Last: (40 + 80) / 2 = 60, 65, 70: mean 65, std 5
+    cells = row(text, 0, "demo-seqlora-seed0 (seeds 0, 1, 2)")
+    assert cells[1] == "65.00 ± 5.00" and cells[3] == "-20.00 ± 10.00"
+
+
+def test_a_seed_group_that_differs_in_more_than_the_seed_is_refused(tmp_path):
+    import pytest
+
+    from cvit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"differ in more than the seed: train\.lr"):
+        compare_runs([seeded_runs(tmp_path, lrs=(0.1, 0.1, 0.2))])
+    with pytest.raises(ConfigError, match="share a seed"):
+        compare_runs([seeded_runs(tmp_path / "same", seeds=(0, 1, 1))])
+    folders = seeded_runs(tmp_path / "cli", lrs=(0.1, 0.3, 0.1))
+    out = subprocess.run([sys.executable, "-m", "cvit.cli", "compare", "--seeds", *map(str, folders)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "differ in more than the seed: train.lr" in out.stderr

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cvit.errors import DataError
-from cvit.reports.run_report import heatmap_figure, metrics_table, write_report
+from cvit.reports.run_report import heatmap_figure, write_report
 from cvit.run.document import RunDocument, read_run_document
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -109,12 +109,16 @@ def test_the_run_document_is_typed_and_versioned(tmp_path):
     write_doc(tmp_path, DOC)
     path = tmp_path / "matrix.json"
     stored = json.loads(path.read_text())
-    assert stored["version"] == 2 and read_run_document(path) == RunDocument.from_json(stored, path)
-    first = {k: v for k, v in stored.items() if k not in ("version", "timing")}  # the first layout, unversioned
+    assert stored["version"] == 3 and read_run_document(path) == RunDocument.from_json(stored, path)
+    first = {k: v for k, v in stored.items() if k not in ("version", "timing", "answer_loss")}  # unversioned
     path.write_text(json.dumps(first))
     assert read_run_document(path).version == 1 and read_run_document(path).timing == []
-    for change, message in (({"version": 3}, r"key 'version': run document layout 3; this kit reads up to 2"),
+    second = {k: v for k, v in stored.items() if k != "answer_loss"}
+    path.write_text(json.dumps({**second, "version": 2}))
+    assert read_run_document(path).answer_loss == []
+    for change, message in (({"version": 4}, r"key 'version': run document layout 4; this kit reads up to 3"),
                             ({"seconds": None}, r"missing key 'seconds'"), ({"timing": None}, r"missing key 'timing'"),
+                            ({"answer_loss": None}, r"missing key 'answer_loss'"),
                             ({"extra": 1}, r"unknown key 'extra'")):
         doc = {k: v for k, v in {**stored, **change}.items() if v is not None}
         path.write_text(json.dumps(doc))
@@ -130,18 +134,6 @@ def test_heatmap_figure_annotates_present_cells():
     assert axes.get_title() == "run"
     with pytest.raises(ValueError):
         heatmap_figure(["a"], [[1.0, 2.0]])
-
-
-def test_metrics_table():
-    rows = {
-        "seqlora": {"last": 75.0, "maa": 77.5, "bwt": -20.0, "forgetting": 20.0, "new_acc": 85.0, "mif": 90.0},
-        "zeroshot": {"last": 10.0, "maa": None, "bwt": None, "forgetting": None, "new_acc": None},
-    }
-    text = metrics_table(rows)
-    assert table_row(text, "method") == ["method", "Last (ACC)", "MAA", "BWT", "Forgetting", "New.ACC", "MIF"]
-    assert table_row(text, "seqlora") == ["seqlora", "75.00", "77.50", "-20.00", "20.00", "85.00", "90.00"]
-    assert table_row(text, "zeroshot") == ["zeroshot", "10.00", "-", "-", "-", "-", "-"]
-    assert len({len(line) for line in text.splitlines()}) == 1
 
 
 def test_mif_section_of_a_single_stage_run_lists_every_task(tmp_path):

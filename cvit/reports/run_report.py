@@ -15,8 +15,6 @@ from cvit.run.atomic import write_text, write_with
 from cvit.run.document import RunDocument, read_run_document
 from cvit.run.provenance import setup_lines
 
-TABLE_METRICS = ("last", "maa", "bwt", "forgetting", "new_acc", "mif")
-
 
 def markdown_table(header: list[str], body: list[list[str]], numeric: bool = True) -> str:
     """A padded markdown table; the first column left-aligned, the others right-aligned if `numeric`."""
@@ -29,14 +27,6 @@ def markdown_table(header: list[str], body: list[list[str]], numeric: bool = Tru
 
     rule = "|".join("-" * (w + 1) + (":" if r else "-") for w, r in zip(widths, right, strict=True))
     return "\n".join([line(header), f"|{rule}|", *map(line, body)])
-
-
-def metrics_table(rows: dict[str, dict[str, float | None]]) -> str:
-    """Several methods' metrics side by side: a row per method, columns last, maa, bwt, forgetting,
-    new_acc (two decimals; None or a missing key shown as "-")."""
-    header = ["method", *(METRIC_LABELS[key] for key in TABLE_METRICS)]
-    body = [[name, *(format_value(row.get(key)) for key in TABLE_METRICS)] for name, row in rows.items()]
-    return markdown_table(header, body)
 
 
 def heatmap_figure(

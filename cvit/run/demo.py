@@ -14,37 +14,11 @@ from omegaconf import OmegaConf
 
 from cvit.config.load import load_config
 from cvit.errors import ConfigError
-from cvit.model.tiny import save_tiny_llava
 from cvit.reports.compare import compare_runs
 from cvit.run.loop import ContinualRun
-from cvit.run.pretrain import base_train
-from cvit.synthetic.writer import is_current, make_synthetic
+from cvit.run.world import prepare_world
 
 METHODS = ("zeroshot", "seqlora", "joint")
-
-
-def world_paths(work: Path) -> tuple[Path, Path, Path]:
-    """(data root, untrained tiny model folder, base-trained model folder) under `work`."""
-    return work / "synthetic", work / "tiny-llava", work / "tiny-llava-base"
-
-
-def base_model_built(work: Path) -> bool:
-    """Whether `work` holds the base-trained tiny model (prepare_world then skips data and base training)."""
-    return (world_paths(work)[2] / "config.json").is_file()
-
-
-def prepare_world(work: Path) -> tuple[Path, Path]:
-    """(data root, base-trained model folder), each built once and cached under `work`."""
-    data, tiny, base = world_paths(work)
-    if not is_current(data):  # missing, or written by an earlier version with other sizes
-        print(f"writing the synthetic benchmark to {data}")
-        make_synthetic(data)
-    if not (tiny / "config.json").is_file():
-        save_tiny_llava(tiny)
-    if not base_model_built(work):
-        print(f"base-training the tiny model into {base}")
-        base_train(tiny, data, base)
-    return data, base
 
 
 def applicable(cfg, settings: tuple[str, ...]) -> list[str]:
@@ -53,17 +27,28 @@ def applicable(cfg, settings: tuple[str, ...]) -> list[str]:
     return [item for item in settings if OmegaConf.select(cfg, item.split("=", 1)[0].rsplit(".", 1)[0]) is not None]
 
 
+def run_name(method: str, templates: str = "single", seed: int = 0) -> str:
+    """The run folder's name: demo-<method's file name>, then -<templates> unless single, then -seed<k> unless 0."""
+    return f"demo-{Path(method).name}" + ("" if templates == "single" else f"-{templates}") + (
+        "" if seed == 0 else f"-seed{seed}")
+
+
+def run_label(method: str, seed: int) -> str:
+    """How `run_methods` keys a run: the method for seed 0, "<method> seed <k>" otherwise."""
+    return method if seed == 0 else f"{method} seed {seed}"
+
+
 def run_method(method: str, work: Path, configs: Path, data: Path, model: Path, templates: str = "single",
-               settings: tuple[str, ...] = ()) -> Path:
+               settings: tuple[str, ...] = (), seed: int = 0) -> Path:
     """Run `method` (configs/method/<method>.yaml, e.g. `seqlora` or `composed/moelora_ema`) on the synthetic stream
-    with the `templates` variant (single: work/runs/demo-<file name>; multi: .../demo-<file name>-multi). Each
-    `key=value` of `settings` applies where the method's config has the key's parent (e.g. `callbacks.smolora.r=8`
-    to the SMoLoRA methods only)."""
+    with the `templates` variant and `train.seed` = `seed`, in work/runs/<run_name>. Each `key=value` of `settings`
+    applies where the method's config has the key's parent (e.g. `callbacks.smolora.r=8` to the SMoLoRA methods
+    only)."""
     files = [configs / "model" / "tiny_llava.yaml", configs / "benchmark" / "synthetic.yaml",
              configs / "method" / f"{method}.yaml"]
-    suffix = "" if templates == "single" else f"-{templates}"
     overrides = [f"benchmark.root={data}", f"model.path={model}", f"run.root={work / 'runs'}",
-                 f"run.name=demo-{Path(method).name}{suffix}", f"benchmark.templates={templates}"]
+                 f"run.name={run_name(method, templates, seed)}", f"benchmark.templates={templates}",
+                 f"train.seed={seed}"]
     cfg, _ = load_config(files, overrides)
     cfg, sources = load_config(files, overrides + applicable(cfg, settings))
     run = ContinualRun(cfg, sources)
@@ -81,21 +66,24 @@ def logged_run(log: Path, threads: int, *args) -> Path:
         return run_method(*args)
 
 
-def run_methods(methods: tuple[str, ...], jobs: int, work: Path, *args) -> dict[str, Path]:
-    """Each method's run directory, running `run_method(method, work, *args)` for each; with `jobs` > 1 in that
-    many spawned processes at once, each with an equal share of the CPU threads and its output in
-    work/runs/demo-<file name>.log (one line printed as each run ends)."""
+def run_methods(methods: tuple[str, ...] | list[tuple[str, int]], jobs: int, work: Path, configs: Path, data: Path,
+                model: Path, templates: str = "single", settings: tuple[str, ...] = ()) -> dict[str, Path]:
+    """Each run's directory by `run_label`, running `run_method` for each of `methods` (names, at seed 0, or
+    (name, seed) pairs); with `jobs` > 1 in that many spawned processes at once, each with an equal share of the CPU
+    threads and its output in work/runs/<run_name>.log (one line printed as each run ends)."""
+    runs = [(run, 0) if isinstance(run, str) else tuple(run) for run in methods]
     if jobs <= 1:
-        return {method: run_method(method, work, *args) for method in methods}
+        return {run_label(m, s): run_method(m, work, configs, data, model, templates, settings, s) for m, s in runs}
     threads = max(1, torch.get_num_threads() // jobs)
-    print(f"running {len(methods)} methods, {jobs} at a time ({threads} thread{'s' * (threads > 1)} each); "
-          f"their output: {work / 'runs'}/demo-<method>.log")
+    print(f"running {len(runs)} runs, {jobs} at a time ({threads} thread{'s' * (threads > 1)} each); "
+          f"their output: {work / 'runs'}/<run>.log")
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(logged_run, work / "runs" / f"demo-{Path(m).name}.log", threads, m, work, *args): m
-                   for m in methods}
+        futures = {pool.submit(logged_run, work / "runs" / f"{run_name(m, templates, s)}.log", threads, m, work,
+                               configs, data, model, templates, settings, s): (m, s) for m, s in runs}
         for future in as_completed(futures):
-            print(f"  {futures[future]} done: {future.result()}")
-    return {method: future.result() for future, method in sorted(futures.items(), key=lambda f: methods.index(f[1]))}
+            print(f"  {run_label(*futures[future])} done: {future.result()}")
+    ordered = sorted(futures.items(), key=lambda item: runs.index(item[1]))
+    return {run_label(*run): future.result() for future, run in ordered}
 
 
 def run_demo(work: Path, configs: Path, methods: tuple[str, ...] = METHODS, templates: str = "single",

@@ -1,6 +1,7 @@
-"""`make results`: every method and baseline, and the composed methods, on the embedded default (seeded), side by
-side in results/synthetic.md with its two plots. The runs are the demo's (work/runs/demo-<method>; a finished one
-is reused), so `make demo`'s figures are rows of this table."""
+"""`make results`: every method and baseline, and the composed methods, on the embedded default, side by side in
+results/synthetic.md with its two plots. SeqLoRA, joint and the four papers' methods run under several seeds (0, 1
+and 2 by default) and show mean ± standard deviation; the others run at seed 0. The runs are the demo's
+(work/runs/demo-<method>[-seed<k>]; a finished one is reused), so `make demo`'s figures are rows of this table."""
 
 from __future__ import annotations
 
@@ -8,26 +9,34 @@ import os
 import time
 from pathlib import Path
 
+from cvit.errors import ConfigError
 from cvit.reports.compare import compare_runs
-from cvit.run.demo import base_model_built, prepare_world, run_methods
+from cvit.run.demo import run_label, run_methods, run_name
 from cvit.run.document import read_run_document
 from cvit.run.provenance import cpu_model, library_versions
-from cvit.synthetic.writer import SyntheticSizes
+from cvit.run.world import STREAM_SIZES, base_is_current, prepare_world
+from cvit.synthetic.version import WORLD_VERSION
+from cvit.synthetic.writer import SyntheticSizes, is_current
 
 # each paper's method (its main variant), the baselines, then the composed methods (configs/method/composed/)
 METHODS = ("zeroshot", "seqlora", "joint", "replay", "ewc", "lwf", "moelora", "olora", "llaca", "proglora_static",
            "proglora_dynamic", "hide", "smolora", "composed/proglora_ema", "composed/smolora_replay",
            "composed/moelora_ema")
-# The mixtures scaled to the tiny model by the papers' ratio: all experts together hold the SeqLoRA rank (8)
+# SeqLoRA, joint and the four papers' methods: run under every seed of `run_results`
+SEEDED = ("seqlora", "joint", "llaca", "proglora_static", "proglora_dynamic", "hide", "smolora")
+SEEDS = (0, 1, 2)
+# The mixtures scaled to the tiny model: their eight experts need a total rank of at least 8 (one each), twice
+# SeqLoRA's rank 4; alpha keeps the scaling alpha / r at SeqLoRA's 2
 TINY_SCALE = ("callbacks.smolora.r=8", "callbacks.smolora.alpha=16", "callbacks.moelora.r=8",
               "callbacks.moelora.alpha=16")
 
 
-def preamble(methods: tuple[str, ...], seconds: float, reused: int, built_world: bool, stage_seconds: float) -> str:
+def preamble(methods: tuple[str, ...], seeds: tuple[int, ...], seconds: float, reused: int, built_world: bool,
+             stage_seconds: float) -> str:
     """The file's header: what was run, on what, and how long this invocation took (`seconds` of wall time;
     `stage_seconds`, the runs' train + evaluation time summed over runs)."""
     sizes = SyntheticSizes()
-    world = "writing the benchmark and base training included" if built_world else "the world already built"
+    world = "writing the benchmark and the base model folder included" if built_world else "the world already built"
     timing = (f"This invocation took {seconds / 60:.1f} min of wall time ({world}"
               + (f"; {reused} finished runs reused" if reused else "")
               + f") on {cpu_model()} ({os.cpu_count()} cores); the runs' stages took {stage_seconds / 60:.1f} min"
@@ -36,28 +45,48 @@ def preamble(methods: tuple[str, ...], seconds: float, reused: int, built_world:
     return "\n".join([
         "# Every method on the synthetic stream",
         "",
-        "Written by `make results` (`cvit results`); do not edit by hand. Seeded (seed 0), official scoring,",
+        f"Written by `make results` (`cvit results`); do not edit by hand. The embedded world {WORLD_VERSION} (its",
+        "base model committed in cvit/synthetic/base/, the same on every machine: `make world-check`), official",
+        "scoring,",
         f"single-type instructions, the default order; {sizes.train} training and {sizes.test} test records per task;",
         "the tiny LLaVA of configs/model/tiny_llava.yaml with its multimodal projector trained. Mixtures scaled to the",
         f"tiny model: {' '.join(TINY_SCALE)}. Each row is configs/method/<name>.yaml",
-        f"({', '.join(methods)}); its run is work/runs/demo-<name> (report.md, matrix.json).",
+        f"({', '.join(methods)}); its run is work/runs/demo-<name> (report.md, matrix.json). Seed 0; the rows with",
+        f"seeds ({', '.join(m for m in SEEDED if m in methods)}) are the mean ± sample standard deviation over seeds",
+        f"{', '.join(map(str, seeds))} (runs demo-<name>-seed<k>): the seed changes the adapters' initialisation,",
+        "the order of the training records and their drawn templates; the world stays as it is.",
         timing,
-        f"Libraries: {versions}. Another CPU type or other library versions can give other figures: base",
-        "training's 1500 steps amplify floating-point differences.",
+        f"Libraries: {versions} (the versions of requirements.lock).",
         "",
         "",
     ])
 
 
-def run_results(work: Path, configs: Path, out: Path, methods: tuple[str, ...] = METHODS, jobs: int = 1) -> Path:
-    """Run (or reuse) every method, `jobs` at a time (`cvit.run.demo.run_methods`), then write `out`/synthetic.md,
-    tradeoff.png and matrices.png; returns the markdown's path."""
+def check_seeds(seeds: tuple[int, ...]) -> tuple[int, ...]:
+    """`seeds` if they are distinct integers, at least one; ConfigError saying what is wrong otherwise."""
+    if not seeds:
+        raise ConfigError("cvit results: the seed list is empty; give one or more integers, e.g. --seeds 0 1 2")
+    if not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in seeds):
+        raise ConfigError(f"cvit results: seeds must be integers, got {list(seeds)}")
+    if len(set(seeds)) < len(seeds):
+        raise ConfigError(f"cvit results: a seed is given twice: {list(seeds)}")
+    return seeds
+
+
+def run_results(work: Path, configs: Path, out: Path, methods: tuple[str, ...] = METHODS, jobs: int = 1,
+                seeds: tuple[int, ...] = SEEDS) -> Path:
+    """Run (or reuse) every method at the first of `seeds` and the SEEDED ones at every seed, `jobs` at a time
+    (`cvit.run.demo.run_methods`), then write `out`/synthetic.md, tradeoff.png and matrices.png; returns the
+    markdown's path."""
+    check_seeds(seeds)
     started = time.perf_counter()
-    built_world = not base_model_built(work)
+    built_world = not (is_current(work / "synthetic", STREAM_SIZES) and base_is_current(work / "tiny-llava-base"))
     data, model = prepare_world(work)
-    reused = sum((work / "runs" / f"demo-{Path(m).name}" / "matrix.json").is_file() for m in methods)
-    runs = list(run_methods(methods, jobs, work, configs, data, model, "single", TINY_SCALE).values())
-    stage_seconds = sum(sum(read_run_document(run / "matrix.json").seconds) for run in runs)
-    header = preamble(methods, time.perf_counter() - started, reused, built_world, stage_seconds)
-    compare_runs(runs, out, "synthetic.md", header)
+    jobs_list = [(m, seeds[0]) for m in methods] + [(m, s) for m in methods if m in SEEDED for s in seeds[1:]]
+    reused = sum((work / "runs" / run_name(m, "single", s) / "matrix.json").is_file() for m, s in jobs_list)
+    runs = run_methods(jobs_list, jobs, work, configs, data, model, "single", TINY_SCALE)
+    groups = [[runs[run_label(m, s)] for s in (seeds if m in SEEDED else seeds[:1])] for m in methods]
+    stage_seconds = sum(sum(read_run_document(run / "matrix.json").seconds) for run in runs.values())
+    header = preamble(methods, seeds, time.perf_counter() - started, reused, built_world, stage_seconds)
+    compare_runs([group[0] if len(group) == 1 else group for group in groups], out, "synthetic.md", header)
     return out / "synthetic.md"
