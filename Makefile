@@ -1,31 +1,53 @@
 # cvit recipes. Every recipe creates the environment in .venv first if it is missing.
 PY       := .venv/bin/python
 CVIT     := .venv/bin/cvit
-TORCH    := torch==2.13.0
+UV       := .venv/bin/uv
 WORK     ?= work
 CONFIG   ?= configs/experiment/demo.yaml
 ARGS     ?=
 JOBS     ?= 2
+SEEDS    ?= 0 1 2
 
-.PHONY: install demo results scaling test lint bench params plan parallel-check run clean ladder-llaca ladder-proglora ladder-hide ladder-smolora ladder-baselines
+.PHONY: install lock demo results world world-check calibration scaling test lint bench params plan parallel-check \
+	run clean ladder-llaca ladder-proglora ladder-hide ladder-smolora ladder-baselines
 
-# uv installs in parallel (about 30 s here against pip's 2 min); it is given pip's local wheel folder when pip
-# has one (where the CPU build of torch is found)
+# The versions every figure was made with are pinned in requirements.lock (make lock re-resolves it). uv installs in
+# parallel (about 30 s here against pip's 2 min); it is given pip's local wheel folder when pip has one (where the
+# CPU build of torch is found).
 FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell python3 -m pip config get global.find-links 2>/dev/null))
-.venv/.installed: pyproject.toml
+UV_ENV := $(if $(FIND_LINKS),UV_FIND_LINKS="$(FIND_LINKS)")
+.venv/.installed: pyproject.toml requirements.lock
 	python3 -m venv .venv
-	$(PY) -m pip install -q uv
-	$(if $(FIND_LINKS),UV_FIND_LINKS="$(FIND_LINKS)") .venv/bin/uv pip install -q --python $(PY) $(TORCH) -e ".[dev]"
+	$(PY) -m pip install -q uv==0.13.9
+	$(UV_ENV) $(UV) pip install -q --python $(PY) -r requirements.lock
+	$(UV) pip install -q --python $(PY) --no-deps -e .
 	touch $@
 
 install: .venv/.installed
+
+lock: install
+	$(UV_ENV) $(UV) pip compile -q pyproject.toml --extra dev -c constraints.txt --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 -o requirements.lock
 
 demo: install
 	$(CVIT) demo --work $(WORK) --jobs $(JOBS)
 
 # every method and baseline, and the composed methods, on the embedded default: results/synthetic.md and its plots
+# (SeqLoRA, joint and the papers' methods under each of SEEDS)
 results: install
-	$(CVIT) results --work $(WORK) --out results --jobs $(JOBS)
+	$(CVIT) results --work $(WORK) --out results --jobs $(JOBS) --seeds $(SEEDS)
+
+# base-train the tiny model from scratch and commit its weights as the world's base (cvit/synthetic/base/)
+world: install
+	$(CVIT) world build --work $(WORK)/world-build
+
+# the world under two CPU capabilities and two thread counts: the same benchmark, base, zero-shot and SeqLoRA?
+world-check: install
+	$(CVIT) world check --work $(WORK)/world-check
+
+# the world's quantities against the real regime's (zero-shot, SeqLoRA and joint): results/calibration.md
+calibration: install
+	$(CVIT) world calibration --work $(WORK) --out results --jobs $(JOBS)
 
 # each method's cost after 3, 6 and 12 tasks of the long synthetic stream: results/scaling.md and scaling.png
 scaling: install

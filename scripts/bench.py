@@ -33,7 +33,7 @@ from cvit.data.records import load_test
 from cvit.model.tiny import build_tiny_llava, save_tiny_llava
 from cvit.run.demo import applicable
 from cvit.run.results import TINY_SCALE
-from cvit.run.step_clock import StepClock
+from cvit.run.step_record import StepRecord
 from cvit.synthetic.writer import SyntheticSizes, make_synthetic
 
 TASK, MAX_NEW_TOKENS, ITEMS, BATCH = "caption", 24, 64, 32
@@ -96,12 +96,12 @@ def prepared_run(root: Path, model_dir: Path, method: str = "seqlora", overrides
 
 
 def bench_trainer(run, callbacks: list, steps: int = STEPS) -> L.Trainer:
-    """A bare CPU trainer of `steps` steps with the run's gradient clipping; a StepClock runs last. Its root
+    """A bare CPU trainer of `steps` steps with the run's gradient clipping; a StepRecord runs last. Its root
     (where callbacks write reports) sits beside the benchmark's temporary data."""
     return L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
                      default_root_dir=Path(run.cfg.benchmark.root).parent / "trainer",
                      gradient_clip_val=run.cfg.train.grad_clip or None, enable_progress_bar=False,
-                     enable_model_summary=False, callbacks=[*callbacks, StepClock()])
+                     enable_model_summary=False, callbacks=[*callbacks, StepRecord()])
 
 
 def timed_fit(run, callbacks: list, steps: int = STEPS) -> tuple[float, L.Trainer]:
@@ -340,7 +340,7 @@ def main() -> None:
         peak_child(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        root = make_synthetic(Path(tmp) / "synthetic", SyntheticSizes(train=STEPS * 16, test=ITEMS, base=1))
+        root = make_synthetic(Path(tmp) / "synthetic", SyntheticSizes(train=STEPS * 16, test=ITEMS, base=0))
         bench_generation(root)
         model_dir = save_tiny_llava(Path(tmp) / "tiny-llava")
         bench_methods(root, model_dir)

@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 
 from cvit.eval.metrics import format_value, run_metrics
 from cvit.reports.run_report import markdown_table
-from cvit.run.demo import prepare_world
 from cvit.run.rundir import RunDirectory
+from cvit.run.world import prepare_world
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("seqlora", "joint", "replay", "ewc", "lwf", "olora", "moelora", "llaca", "proglora_static",

@@ -20,10 +20,11 @@ from cvit.config.load import load_config
 from cvit.eval.captions import CaptionScorer
 from cvit.reports.run_report import markdown_table
 from cvit.run.atomic import write_text, write_with
-from cvit.run.demo import applicable, prepare_world
+from cvit.run.demo import applicable
 from cvit.run.document import RunDocument, read_run_document
 from cvit.run.loop import ContinualRun
 from cvit.run.results import TINY_SCALE
+from cvit.run.world import prepare_world
 from cvit.synthetic.tasks import LONG_TASKS
 from cvit.synthetic.writer import SyntheticSizes, is_current, make_synthetic
 
@@ -32,7 +33,7 @@ METHODS = ("seqlora", "replay", "ewc", "lwf", "moelora", "olora", "llaca", "prog
            "hide", "smolora")
 CHECKPOINTS = (3, 6, 12)
 STEPS, TEST, BATCH = 10, 10, 16
-SIZES = SyntheticSizes(train=STEPS * BATCH, test=TEST, base=1)
+SIZES = SyntheticSizes(train=STEPS * BATCH, test=TEST, base=0)
 
 
 def run_long(method: str, data: Path, model: Path, runs: Path) -> RunDocument:
