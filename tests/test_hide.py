@@ -17,10 +17,10 @@ from tests.conftest import CONFIGS
 from tests.test_loop import straight_and_resumed
 
 HIDE = [CONFIGS / "method" / "hide.yaml"]
-# counted by hand on the tiny LLaVA (Llama 128 x 4 layers, MLP 256; CLIP 64): a rank-8 LoRA holds 8 (in + out) per
+# counted by hand on the tiny LLaVA (Llama 128 x 4 layers, MLP 256; CLIP 64): a rank-4 LoRA holds 4 (in + out) per
 # Linear, so a decoder layer's q, k, v, o (128 -> 128), gate, up (128 -> 256) and down (256 -> 128) hold
-# 4 * 8 * 256 + 2 * 8 * 384 + 8 * 384 = 17408; the projector Linear(64, 128) + Linear(128, 128) with biases 24832
-LORA_PER_LAYER, LAYERS, PROJECTOR = 17408, 4, 24832
+# 4 * 4 * 256 + 2 * 4 * 384 + 4 * 384 = 8704; the projector Linear(64, 128) + Linear(128, 128) with biases 24832
+LORA_PER_LAYER, LAYERS, PROJECTOR, RANK = 8704, 4, 24832, 4  # RANK: configs/model/tiny_llava.yaml's
 THREE = ("benchmark.order=[colour_mc,count_vqa,grounding]", "train.max_steps=3", "eval.unseen=false",
          "callbacks.hide.anchor_samples=16")
 
@@ -156,7 +156,7 @@ def test_hide_resumes_with_anchors_and_experts(small_config, fusion):
     straight_run, resumed_run = straight_and_resumed(small_config, (*THREE, f"callbacks.hide.fusion={fusion}"), HIDE,
                                                      "grounding")
     fused = next(iter(lora_layers(resumed_run.module.pool.peft).values())).lora_A["fused"].weight
-    assert fused.shape[0] == (8 * 3 if fusion == "cat" else 8)  # three tasks fused; the resume loaded two
+    assert fused.shape[0] == (RANK * 3 if fusion == "cat" else RANK)  # three tasks fused; the resume loaded two
     a, b = straight_run.callbacks["hide"].anchors, resumed_run.callbacks["hide"].anchors
     assert list(a) == list(b) and all(torch.equal(a[t][m], b[t][m]) for t in a for m in a[t])
     sa, sb = straight_run.module.model.state_dict(), resumed_run.module.model.state_dict()

@@ -45,9 +45,9 @@ def tiny_files(name: str):
 
 
 def test_counts_are_the_hand_count_of_a_lora_on_the_tiny_model(tiny_config_dir):
-    # tiny LLaVA: 4 decoder layers, hidden 128, MLP 256; LoRA rank 8 on q,k,v,o (128 -> 128), gate, up (128 -> 256),
+    # tiny LLaVA: 4 decoder layers, hidden 128, MLP 256; LoRA rank 4 on q,k,v,o (128 -> 128), gate, up (128 -> 256),
     # down (256 -> 128): r x (in + out) each
-    per_layer = 4 * 8 * (128 + 128) + 2 * 8 * (128 + 256) + 8 * (256 + 128)
+    per_layer = 4 * 4 * (128 + 128) + 2 * 4 * (128 + 256) + 4 * (256 + 128)
     lora = 4 * per_layer
     projector = (64 * 128 + 128) + (128 * 128 + 128)  # linear_1 64 -> 128, linear_2 128 -> 128, with biases
     path = [f"model.path={tiny_config_dir}"]

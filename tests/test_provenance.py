@@ -61,9 +61,11 @@ def test_cpu_model_is_the_cpuinfo_model_name():
 
 
 def test_results_header_states_time_machine_and_libraries():
-    text = preamble(("seqlora", "composed/proglora_ema"), 120.0, 1, True, 300.0)
-    assert "2.0 min of wall time (writing the benchmark and base training included; 1 finished runs reused)" in text
+    text = preamble(("seqlora", "composed/proglora_ema"), (0, 1, 2), 120.0, 1, True, 300.0)
+    assert ("2.0 min of wall time (writing the benchmark and the base model folder included; 1 finished runs reused)"
+            in text)
     assert "the runs' stages took 5.0 min summed over runs" in text
     assert cpu_model() in text and f"torch {library_versions()['torch']}" in text
     assert "(seqlora, composed/proglora_ema)" in text
-    assert "the world already built)" in preamble(("seqlora",), 60.0, 0, False, 30.0)
+    assert "seeds (seqlora) are the mean ± sample standard deviation over seeds\n0, 1, 2 (runs" in text
+    assert "the world already built)" in preamble(("seqlora",), (0,), 60.0, 0, False, 30.0)
