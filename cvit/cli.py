@@ -136,7 +136,7 @@ def cmd_make_synthetic(args: argparse.Namespace) -> None:
 def cmd_base_train(args: argparse.Namespace) -> None:
     from cvit.run.pretrain import base_train
 
-    settings = ("steps", "align_steps", "lr", "batch_size", "seed")
+    settings = ("steps", "align_steps", "lr", "batch_size", "seed", "train_vision")
     options = {k: v for k, v in vars(args).items() if k in settings and v is not None}
     print(base_train(Path(args.model), Path(args.data), Path(args.out), family=args.family, **options))
 
@@ -252,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--batch-size", type=int)
     base.add_argument("--seed", type=int)
     base.add_argument("--family", choices=("llava", "qwen2_vl"), default="llava")
+    base.add_argument("--train-vision", action="store_true",
+                      help="train the vision tower too (one not perception-pretrained; default: kept frozen)")
     base.set_defaults(func=cmd_base_train)
     analyze = sub.add_parser("analyze", help="analyses of a finished run").add_subparsers(
         dest="analysis", required=True)

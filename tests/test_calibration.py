@@ -83,7 +83,7 @@ def test_calibration_reads_the_runs_and_the_ratios_match_peft(three_runs, tiny_m
         if isinstance(module, LoraLayer) and "default" in module.lora_A:
             update = module.scaling["default"] * module.lora_B["default"].weight @ module.lora_A["default"].weight
             by_peft.append(float(update.norm() / module.base_layer.weight.norm()))
-    ratio_row = next(r for r in rows if "||BA||" in r.quantity)
+    ratio_row = next(r for r in rows if "‖BA‖" in r.quantity)
     assert ratio_row.world.startswith(f"{statistics.median(by_peft):.3f} ")
     assert f"over {len(by_peft)})" in ratio_row.world
     table = calibration_table(rows)

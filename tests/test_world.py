@@ -102,20 +102,29 @@ def test_the_results_command_names_a_bad_seed_list(tmp_path):
     assert not (tmp_path / "synthetic").exists()  # refused before anything was written
 
 
-def test_world_build_trains_in_two_stages_and_records_what_it_committed(tmp_path):
+def test_world_build_pretrains_perception_then_trains_the_rest_in_two_stages(tmp_path):
+    from safetensors.torch import load_file
+
+    from cvit.model.tiny import save_tiny_llava
+    from cvit.run.vision_pretrain import PerceptionTraining
     from cvit.run.world import BaseTraining, build_base, file_sha256
     from cvit.synthetic.writer import SyntheticSizes
 
     committed = tmp_path / "committed"
     build_base(tmp_path / "work", BaseTraining(align_steps=2, steps=2, batch_size=4), committed,
-               SyntheticSizes(train=4, test=2, base=16))
+               SyntheticSizes(train=4, test=2, base=16), PerceptionTraining(steps=2, batch_size=4))
     record = json.loads((committed / RECORD).read_text())
     assert record["weights_sha256"] == file_sha256(committed / WEIGHTS)
     assert record["training"]["align_steps"] == 2 and record["built_with"]["command"] == "make world"
+    assert record["perception"]["steps"] == 2 and 0 <= record["perception_held_out"]["shape"] <= 1
     data = tmp_path / "work" / "synthetic" / "base"
     assert (data / "align.json").is_file() and (data / "train.json").is_file()
     folder = materialise_base(tmp_path / "base", committed)
-    from safetensors.torch import load_file
-
-    trained, untrained = load_file(folder / WEIGHTS), load_file(tmp_path / "work" / "tiny-llava" / WEIGHTS)
-    assert trained.keys() == untrained.keys() and any(not (trained[k] == untrained[k]).all() for k in trained)
+    trained, perceiving = load_file(folder / WEIGHTS), load_file(tmp_path / "work" / "tiny-llava" / WEIGHTS)
+    fresh = load_file(save_tiny_llava(tmp_path / "fresh", seed=0) / WEIGHTS)
+    tower = [key for key in trained if key.startswith("vision_tower.")]  # the saved files' key layout
+    rest = [key for key in trained if not key.startswith("vision_tower.")]
+    assert tower and rest and trained.keys() == perceiving.keys() == fresh.keys()
+    assert any(not (perceiving[k] == fresh[k]).all() for k in tower)  # perception pretraining moved the tower
+    assert all((trained[k] == perceiving[k]).all() for k in tower)  # base training kept it frozen
+    assert any(not (trained[k] == perceiving[k]).all() for k in rest)  # and trained the projector and LLM

@@ -16,6 +16,7 @@ class Family:
     model_class: str  # transformers class name
     skip_quantization: tuple[str, ...]  # module-name prefixes kept in full precision under 4/8-bit
     projector: str  # the multimodal projector's module name (trainable with lora.train_projector)
+    vision: str  # the vision tower's module path
 
 
 FAMILIES = {
@@ -23,8 +24,9 @@ FAMILIES = {
         "LlavaForConditionalGeneration",
         ("model.vision_tower", "model.multi_modal_projector", "lm_head"),
         "multi_modal_projector",
+        "model.vision_tower",
     ),
-    "qwen2_vl": Family("Qwen2VLForConditionalGeneration", ("model.visual", "lm_head"), "merger"),
+    "qwen2_vl": Family("Qwen2VLForConditionalGeneration", ("model.visual", "lm_head"), "merger", "model.visual"),
 }
 QUANTIZATIONS = ("none", "nf4", "int8")
 

@@ -21,6 +21,7 @@ from cvit.model.pool import DEFAULT_ADAPTER
 from cvit.reports.run_report import markdown_table
 from cvit.run.document import RunDocument, read_run_document
 from cvit.run.rundir import stage_name
+from cvit.synthetic.version import WORLD_VERSION
 
 CLOSED_FORMATS = ("choice",)  # scorers whose answers are picked from given options; all others are open-format
 CLEARLY_BELOW = 10.0  # points: what "zero-shot clearly below right-after" asks
@@ -109,7 +110,7 @@ def calibration_rows(zeroshot: RunDocument, seqlora: RunDocument, joint: RunDocu
             "0.2-1.0 (LLaVA-style instruction tuning logs)", "at least 0.15 on every task",
             ", ".join(f"{task} {loss:.2f}" for task, loss in zip(tasks, losses, strict=True)),
             all(loss >= 0.15 for loss in losses)),
-        Row("one task's LoRA, median ||BA||_F / ||W||_F over adapted matrices (SeqLoRA after its first task)",
+        Row("one task's LoRA, median ‖BA‖_F / ‖W‖_F over adapted matrices (SeqLoRA after its first task)",
             "0.06-0.11 (LoRA paper, Table 7: GPT-3, r 4-64)", "at most 0.10",
             f"{median:.3f} (range {min(ratios.values()):.3f}-{max(ratios.values()):.3f} over {len(ratios)})",
             median <= 0.10),
@@ -149,6 +150,6 @@ def write_calibration(work: Path, configs: Path, out: Path, jobs: int = 1) -> Pa
     path = out / "calibration.md"
     out.mkdir(parents=True, exist_ok=True)
     write_text(path, "# The embedded world against the real regime\n\nWritten by `make calibration` (`cvit world "
-               "calibration`) from the demo's zero-shot, SeqLoRA and joint runs (work/runs/demo-*); the sources and "
-               "what each row means: docs/world.md.\n\n" + table + "\n")
+               f"calibration`) from the demo's zero-shot, SeqLoRA and joint runs (work/runs/demo-*, seed 0) on the "
+               f"embedded world {WORLD_VERSION}; the sources and what each row means: docs/world.md.\n\n{table}\n")
     return path

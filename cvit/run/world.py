@@ -21,6 +21,7 @@ from pathlib import Path
 from cvit.errors import DataError, RunDirError
 from cvit.model.tiny import build_tiny_llava
 from cvit.run.atomic import atomic_path
+from cvit.run.vision_pretrain import PerceptionTraining, pretrain_vision
 from cvit.synthetic.lexicon import vocabulary
 from cvit.synthetic.version import WORLD_VERSION
 from cvit.synthetic.writer import SyntheticSizes, is_current, make_synthetic, read_manifest
@@ -30,6 +31,7 @@ STREAM_SIZES = SyntheticSizes(base=0)  # what runs read: the stream's tasks (the
 COMMITTED = Path(__file__).resolve().parents[1] / "synthetic" / "base"  # installed with the package
 WEIGHTS = "model.safetensors"
 RECORD = "world.json"
+PERCEPTION = PerceptionTraining()  # the committed base's perception pretraining
 
 
 @dataclass(frozen=True)
@@ -140,17 +142,20 @@ def prepare_world(work: Path) -> tuple[Path, Path]:
 
 
 def build_base(work: Path, training: BaseTraining = BaseTraining(), committed: Path = COMMITTED,
-               sizes: SyntheticSizes = WORLD_SIZES) -> Path:
-    """Base-train a fresh tiny LLaVA on work/synthetic's base mixture and commit its weights (`make world`): writes
-    COMMITTED/model.safetensors and world.json (world version, checksums, training settings, library versions)."""
-    from cvit.model.tiny import save_tiny_llava
+               sizes: SyntheticSizes = WORLD_SIZES, perception: PerceptionTraining = PERCEPTION) -> Path:
+    """Perception-pretrain a fresh tiny LLaVA's vision tower, base-train it on work/synthetic's base mixture and commit
+    its weights (`make world`): writes COMMITTED/model.safetensors and world.json (world version, checksums, training
+    settings, the perception heads' held-out accuracy, library versions)."""
+    from cvit.model.tiny import build_tiny_llava, save_model
     from cvit.run.pretrain import base_train
     from cvit.run.provenance import cpu_model, library_versions
 
     data = work / "synthetic"
     if not is_current(data, sizes):
         make_synthetic(data, sizes)
-    tiny = save_tiny_llava(work / "tiny-llava", seed=training.seed)
+    model, processor = build_tiny_llava(seed=training.seed)
+    perception_accuracy = pretrain_vision(model, processor, perception)
+    tiny = save_model(work / "tiny-llava", model, processor)
     trained = base_train(tiny, data, work / "tiny-llava-trained", steps=training.steps, lr=training.lr,
                          batch_size=training.batch_size, seed=training.seed, align_steps=training.align_steps)
     committed.mkdir(parents=True, exist_ok=True)
@@ -158,7 +163,9 @@ def build_base(work: Path, training: BaseTraining = BaseTraining(), committed: P
         shutil.copyfile(trained / WEIGHTS, staged)
     record = {
         "world": WORLD_VERSION, "weights_sha256": file_sha256(committed / WEIGHTS),
-        "vocabulary_sha256": vocabulary_sha256(), "benchmark": asdict(sizes), "training": asdict(training),
+        "vocabulary_sha256": vocabulary_sha256(), "benchmark": asdict(sizes), "perception": asdict(perception),
+        "perception_held_out": {key: round(value, 4) for key, value in perception_accuracy.items()},
+        "training": asdict(training),
         "built_with": {"command": "make world", "cpu": cpu_model(), "versions": library_versions()},
     }
     with atomic_path(committed / RECORD) as staged:
