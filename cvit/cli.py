@@ -182,6 +182,13 @@ def cmd_world_calibration(args: argparse.Namespace) -> None:
     print(write_calibration(Path(args.work), Path(args.configs), Path(args.out), args.jobs))
 
 
+def cmd_world_probe(args: argparse.Namespace) -> None:
+    from cvit.run.probe import probe_base
+
+    for name, share in probe_base(Path(args.model)).items():
+        print(f"{name:<13} {100 * share:5.1f}%")
+
+
 def cmd_plan(args: argparse.Namespace) -> None:
     from cvit.plan.report import plan
 
@@ -298,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     calibration.add_argument("--out", default="results", help="folder for calibration.md")
     calibration.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
     calibration.set_defaults(func=cmd_world_calibration)
+    probe = world.add_parser("probe", help="what a base model sees, asked in its own wording: colour and kind of a "
+                             "shape, clear and hard scenes; the box of one of two shapes")
+    probe.add_argument("model", help="base model folder, e.g. work/tiny-llava-base")
+    probe.set_defaults(func=cmd_world_probe)
     results = sub.add_parser("results", help="every method and baseline on the synthetic stream: results/synthetic.md")
     results.add_argument("--work", default="work", help="folder for the model, data and runs")
     results.add_argument("--configs", default="configs", help="the configs folder")

@@ -128,3 +128,12 @@ def test_world_build_pretrains_perception_then_trains_the_rest_in_two_stages(tmp
     assert any(not (perceiving[k] == fresh[k]).all() for k in tower)  # perception pretraining moved the tower
     assert all((trained[k] == perceiving[k]).all() for k in tower)  # base training kept it frozen
     assert any(not (trained[k] == perceiving[k]).all() for k in rest)  # and trained the projector and LLM
+
+
+def test_the_committed_base_sees_colour_and_kind(tmp_path):
+    from cvit.run.probe import probe_base
+
+    shares = probe_base(materialise_base(tmp_path / "base"))
+    assert set(shares) == {"colour_clear", "kind_clear", "colour_hard", "kind_hard", "box_hard"}
+    assert shares["colour_clear"] > 0.9 and shares["kind_clear"] > 0.9  # world 2's base named the kind at chance
+    assert 0 <= shares["box_hard"] <= 1
