@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cvit.reports.run_report import markdown_table
+from cvit.synthetic.version import WORLD_VERSION
 
 SETTINGS = (("native", 1), ("default", 1), ("native", 2), ("default", 2))  # the 1-thread ones run side by side
 ZERO_SHOT_TOLERANCE = 2.0
@@ -115,7 +116,8 @@ def world_check(work: Path, configs: Path, out: Path | None = None) -> tuple[str
 
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "world-check.md", "# The same world under other CPU kernels and thread counts\n\n"
-                   f"Written by `make world-check` (`cvit world check`) on {cpu_model()} ({os.cpu_count()} cores) in "
+                   f"Written by `make world-check` (`cvit world check`) for the embedded world {WORLD_VERSION}, on "
+                   f"{cpu_model()} ({os.cpu_count()} cores) in "
                    f"{(time.perf_counter() - started) / 60:.0f} min: the world built from nothing four times (the "
                    "benchmark written, the base model folder written from the committed weights), then zero-shot "
                    "and SeqLoRA on each; capability `default` is ATEN_CPU_CAPABILITY=default (torch's plain kernels), "
