@@ -13,13 +13,14 @@ SEEDS    ?= 0 1 2
 
 # The versions every figure was made with are pinned in requirements.lock (make lock re-resolves it). uv installs in
 # parallel (about 30 s here against pip's 2 min); it is given pip's local wheel folder when pip has one (where the
-# CPU build of torch is found).
+# CPU build of torch is found). It compiles the packages' bytecode once: where PYTHONDONTWRITEBYTECODE is set, as on
+# the 2-core machines here, every process would otherwise compile what it imports (about 25 s of each test process).
 FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell python3 -m pip config get global.find-links 2>/dev/null))
 UV_ENV := $(if $(FIND_LINKS),UV_FIND_LINKS="$(FIND_LINKS)")
 .venv/.installed: pyproject.toml requirements.lock
 	python3 -m venv .venv
 	$(PY) -m pip install -q uv==0.13.9
-	$(UV_ENV) $(UV) pip install -q --python $(PY) -r requirements.lock
+	$(UV_ENV) $(UV) pip install -q --python $(PY) --compile-bytecode -r requirements.lock
 	$(UV) pip install -q --python $(PY) --no-deps -e .
 	touch $@
 
