@@ -82,7 +82,10 @@ def run_results(work: Path, configs: Path, out: Path, methods: tuple[str, ...] =
     started = time.perf_counter()
     built_world = not (is_current(work / "synthetic", STREAM_SIZES) and base_is_current(work / "tiny-llava-base"))
     data, model = prepare_world(work)
-    jobs_list = [(m, seeds[0]) for m in methods] + [(m, s) for m in methods if m in SEEDED for s in seeds[1:]]
+    # the seeded runs first: their methods are the longest (ProgLoRA's pool and recall, HiDe, SMoLoRA), and a pool
+    # that ends on short runs leaves no process idle for long
+    jobs_list = ([(m, s) for m in methods if m in SEEDED for s in seeds]
+                 + [(m, seeds[0]) for m in methods if m not in SEEDED])
     reused = sum((work / "runs" / run_name(m, "single", s) / "matrix.json").is_file() for m, s in jobs_list)
     runs = run_methods(jobs_list, jobs, work, configs, data, model, "single", TINY_SCALE)
     groups = [[runs[run_label(m, s)] for s in (seeds if m in SEEDED else seeds[:1])] for m in methods]
