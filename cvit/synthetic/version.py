@@ -4,4 +4,4 @@ Raised whenever a change to the generator, the tiny model or base training chang
 weights, so that a benchmark, a base model or a run of another world is recognised and refused.
 """
 
-WORLD_VERSION = 3
+WORLD_VERSION = 4
