@@ -86,6 +86,20 @@ def test_world_check_compares_every_setting_with_the_first():
     assert files[1] is False and "benchmark files identical in every setting: NO" in files[0]
 
 
+def test_world_check_builds_each_setting_from_nothing(tmp_path, monkeypatch):
+    import cvit.run.world_check as world_check
+
+    setting = tmp_path / "native-1"
+    (setting / "runs" / "demo-zeroshot").mkdir(parents=True)  # a run of an earlier world, refused at resume
+
+    def fake_child(command, env, stdout, stderr, check):
+        assert not (setting / "runs").exists()
+        (setting / "check.json").write_text('{"threads": 1}')
+
+    monkeypatch.setattr(world_check.subprocess, "run", fake_child)
+    assert world_check.run_setting(setting, tmp_path, "native", 1) == {"threads": 1}
+
+
 @pytest.mark.parametrize("seeds", [(), ("1",), (0, 0), (True,)])
 def test_a_bad_seed_list_is_refused(seeds):
     with pytest.raises(ConfigError, match="seed"):

@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -66,7 +67,8 @@ def run_setting(work: Path, configs: Path, capability: str, threads: int) -> dic
     if capability != "native":
         env["ATEN_CPU_CAPABILITY"] = capability
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)  # from nothing: runs of an earlier world would be refused at resume
+    work.mkdir(parents=True)
     with open(work / "check.log", "w") as log:
         subprocess.run([sys.executable, "-m", "cvit.run.world_check", "--one", str(work), "--configs", str(configs)],
                        env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
