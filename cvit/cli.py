@@ -186,7 +186,7 @@ def cmd_world_probe(args: argparse.Namespace) -> None:
     from cvit.run.probe import probe_base
 
     for name, share in probe_base(Path(args.model)).items():
-        print(f"{name:<13} {100 * share:5.1f}%")
+        print(f"{name:<16} {100 * share:5.1f}%")
 
 
 def cmd_plan(args: argparse.Namespace) -> None:

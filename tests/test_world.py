@@ -148,6 +148,8 @@ def test_the_committed_base_sees_colour_and_kind(tmp_path):
     from cvit.run.probe import probe_base
 
     shares = probe_base(materialise_base(tmp_path / "base"))
-    assert set(shares) == {"colour_clear", "kind_clear", "colour_hard", "kind_hard", "box_hard"}
+    assert set(shares) == {"colour_clear", "kind_clear", "colour_hard", "kind_hard", "box_hard", "where_hard",
+                           "where_other_hard"}
     assert shares["colour_clear"] > 0.9 and shares["kind_clear"] > 0.9  # world 2's base named the kind at chance
     assert 0 <= shares["box_hard"] <= 1
+    assert shares["where_hard"] + shares["where_other_hard"] > 0.9  # it names an occupied place (the two differ)

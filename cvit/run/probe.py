@@ -3,7 +3,10 @@
 Three probes on scenes of the base's own four colours and kinds, drawn from a fixed key (the same scenes on every
 machine), answered by greedy generation:
 - the colour and the kind of one shape, on 200 CLEAR and 200 HARD scenes (exact answer);
-- the box of one of two shapes, on 100 HARD scenes (the kit's loose box reading, IoU > 0.5 against the true box).
+- the box of one of two shapes, on 100 HARD scenes (the kit's loose box reading, IoU > 0.5 against the true box);
+- where one of two shapes is, named by its colour, on 200 HARD scenes: the share naming its place (`where_hard`)
+  and the share naming the other shape's (`where_other_hard`). Equal shares mean the colour is not bound to its
+  place: the answer is one of the occupied places, at chance.
 Names what the base can and cannot read before any continual tuning (docs/world.md, "Measured").
 """
 
@@ -39,8 +42,9 @@ def ask(model, processor, prompts: list[str], scenes: list[Scene], max_new_token
 
 
 def probe_base(model_dir: Path) -> dict[str, float]:
-    """{"colour_clear", "kind_clear", "colour_hard", "kind_hard", "box_hard"}: the share (0..1) of probe scenes the
-    model at `model_dir` answers right."""
+    """{"colour_clear", "kind_clear", "colour_hard", "kind_hard", "box_hard", "where_hard", "where_other_hard"}: the
+    share (0..1) of probe scenes the model at `model_dir` answers right (`where_other_hard`: with the other shape's
+    place)."""
     model = model_class("llava").from_pretrained(model_dir).eval()
     processor = load_processor("llava", model_dir)
     processor.tokenizer.padding_side = "left"
@@ -59,4 +63,10 @@ def probe_base(model_dir: Path) -> dict[str, float]:
     hits = [(box := parse_box(a)) is not None and box_iou(box, t.box) > 0.5 for a, t in zip(answers, targets,
                                                                                             strict=True)]
     shares["box_hard"] = sum(hits) / len(hits)
+    rng = keyed_random("probe", "where")
+    scenes = [sample_shapes(rng, 2, BASE_SHAPES, BASE_COLOURS, True, HARD) for _ in range(200)]
+    pairs = [(scene.shapes[i % 2], scene.shapes[1 - i % 2]) for i, scene in enumerate(scenes)]  # (named, other)
+    answers = ask(model, processor, [f"Where is the {named.colour} shape ?" for named, _ in pairs], scenes, 8)
+    for key, index in (("where_hard", 0), ("where_other_hard", 1)):
+        shares[key] = sum(pair[index].where in answer for pair, answer in zip(pairs, answers, strict=True)) / 200
     return shares
