@@ -25,10 +25,10 @@ def test_run_records_its_setup_and_the_chat_format_it_trained_with(small_config)
     assert setup["versions"]["cvit-lightning"] == metadata.version("cvit-lightning")
     assert setup["versions"]["torch"] == metadata.version("torch") and set(setup["versions"]) == set(LIBRARIES)
     assert setup["world_size"] == 1 and setup["global_batch"] == 16 * 2 and setup["seed"] == 7
-    assert setup["chat_format"] == "llava_v1" and setup["scoring"] == "official"
+    assert setup["chat_format"] == "llava_v1" and setup["scoring"] == "official" and setup["image_aspect"] == "crop"
     assert setup["projector"] == {"trained": True, "lr": 3e-4} and setup["device"].startswith("cpu")
     report = (run_dir / "report.md").read_text()
-    assert "## Setup" in report and "chat format llava_v1" in report and "global batch 32" in report
+    assert "## Setup" in report and "chat format llava_v1; images crop" in report and "global batch 32" in report
     assert "multimodal projector trained at lr 0.0003" in report and "epochs 1 per task (at most 1 steps)" in report
     assert setup["model"]["family"] == "llava" and setup["lora"]["target_modules"] == cfg.model.lora.target_modules
     # the prompts the model saw open with LLaVA-1.5's system sentence

@@ -38,6 +38,9 @@ class ModelSchema:
     # minimal: "USER: <image>\n... ASSISTANT:"; llava_v1: the same after the system sentence of LLaVA-1.5's
     # training code (what the papers' forks train with; llava family only)
     chat_format: str = "minimal"
+    # crop: the processor resizes the short side and crops the centre (a Hugging Face folder's CLIP processor);
+    # pad: LLaVA-1.5's training code pads to a square of the processor's mean colour first (llava family only)
+    image_aspect: str = "crop"
     lora: LoraSchema = field(default_factory=LoraSchema)
 
 

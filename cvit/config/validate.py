@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from cvit.config.load import Sources
+from cvit.data.images import IMAGE_ASPECTS
 from cvit.errors import ConfigError
 from cvit.eval.captions import CAPTION_METRICS
 from cvit.eval.mif import MIF_RULES
@@ -45,12 +46,16 @@ def validate_benchmark(cfg: DictConfig, sources: Sources) -> None:
 
 
 def validate_model_options(cfg: DictConfig, sources: Sources) -> None:
-    """Chat format for the family; a projector learning rate only for a trained projector."""
+    """Chat format and image aspect for the family; a projector learning rate only for a trained projector."""
     model, lora = cfg.model, cfg.model.lora
     choose(model.chat_format, CHAT_FORMATS, "model.chat_format", sources)
     if model.family not in CHAT_FORMATS[model.chat_format]:
         raise ConfigError(f"{sources.of('model.chat_format')}: key 'model.chat_format': {model.chat_format!r} is "
                           f"for the {', '.join(CHAT_FORMATS[model.chat_format])} family, not {model.family!r}")
+    choose(model.image_aspect, IMAGE_ASPECTS, "model.image_aspect", sources)
+    if model.image_aspect == "pad" and model.family != "llava":
+        raise ConfigError(f"{sources.of('model.image_aspect')}: key 'model.image_aspect': 'pad' is LLaVA-1.5's "
+                          f"preprocessing; the {model.family!r} family's processor takes images of any shape")
     if lora.projector_lr is not None:
         if not lora.train_projector:
             raise ConfigError(f"{sources.of('model.lora.projector_lr')}: key 'model.lora.projector_lr': set, but the "
@@ -85,11 +90,11 @@ def validate_config(cfg: DictConfig, sources: Sources) -> None:
     choose(cfg.model.compute_dtype, DTYPES, "model.compute_dtype", sources)
     choose(cfg.method.mode, MODES, "method.mode", sources)
     choose(cfg.eval.scoring, SCORINGS, "eval.scoring", sources)
-    validate_model_options(cfg, sources)
-    validate_benchmark(cfg, sources)
     if not Path(cfg.model.path).is_dir():
         raise ConfigError(f"{sources.of('model.path')}: key 'model.path': model folder not found: {cfg.model.path}")
-    check_model_family(cfg, sources)
+    check_model_family(cfg, sources)  # first: the family decides which model options apply
+    validate_model_options(cfg, sources)
+    validate_benchmark(cfg, sources)
     root = Path(cfg.benchmark.root)
     if not root.is_dir():
         raise ConfigError(f"{sources.of('benchmark.root')}: key 'benchmark.root': data root not found: {root}")

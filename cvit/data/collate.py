@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from cvit.data.images import square_images
 from cvit.model.prompting import chat_format
 
 IGNORE_INDEX = -100
@@ -22,8 +23,11 @@ def text_fields(items: list[dict[str, Any]]) -> dict[str, list]:
 
 
 class Collator:
-    def __init__(self, processor: Any, family: str, max_length: int, format_name: str = "minimal") -> None:
+    def __init__(self, processor: Any, family: str, max_length: int, format_name: str = "minimal",
+                 image_aspect: str = "crop") -> None:
+        """`image_aspect`: how images become square before the processor (`cvit.data.images`)."""
         self.processor = processor
+        self.square = square_images(image_aspect, processor)
         self.tokenizer = processor.tokenizer
         self.format = chat_format(family, format_name)
         self.max_length = max_length
@@ -36,7 +40,7 @@ class Collator:
         prompts = [self.format.prompt.format(instruction=item["instruction"]) for item in items]
         self.tokenizer.padding_side = "left"
         return dict(self.processor(
-            text=prompts, images=[item["image"] for item in items], return_tensors="pt", padding=True
+            text=prompts, images=self.square([item["image"] for item in items]), return_tensors="pt", padding=True
         ))
 
     def eval_batch(self, items: list[dict[str, Any]]) -> dict[str, Any]:

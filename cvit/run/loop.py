@@ -136,7 +136,7 @@ class ContinualRun:
         self.module.stay_on_device = True  # between the stages' fits and predicts
         model = self.cfg.model
         self.datamodule.attach_collator(
-            Collator(self.module.processor, model.family, model.max_length, model.chat_format)
+            Collator(self.module.processor, model.family, model.max_length, model.chat_format, model.image_aspect)
         )
 
     def empty_matrix(self) -> RunDocument:

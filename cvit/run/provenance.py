@@ -59,6 +59,7 @@ def run_setup(cfg: DictConfig, world_size: int = 1) -> dict[str, Any]:
         "precision": train.precision,
         "quantization": cfg.model.quantization,
         "chat_format": cfg.model.chat_format,
+        "image_aspect": cfg.model.image_aspect,
         "scoring": cfg.eval.scoring,
         "relaxed": cfg.eval.relaxed,
         "model": {"family": cfg.model.family, "path": cfg.model.path},
@@ -88,7 +89,8 @@ def setup_lines(setup: dict[str, Any]) -> list[str]:
         + (f" (at most {setup['max_steps']} steps)" if setup["max_steps"] > 0 else ""),
         f"- LoRA r {setup['lora']['r']}, alpha {setup['lora']['alpha']}, lr {setup['lora']['lr']:g}; "
         f"multimodal projector {trained}",
-        f"- chat format {setup['chat_format']}; scoring {setup['scoring']}"
+        # runs made before the option was kept cropped, as the processor alone does
+        f"- chat format {setup['chat_format']}; images {setup.get('image_aspect', 'crop')}; scoring {setup['scoring']}"
         + (" with relaxed matching" if setup["relaxed"] else "")
         + f"; templates {setup['templates']}; order {setup['order']}",
         f"- libraries: {versions}; python {setup['python']}",
