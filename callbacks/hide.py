@@ -4,7 +4,10 @@
   on_task_start  task t trains a new, freshly initialised LoRA E_t alone (the first task uses the pool's
                  initial adapter); the earlier ones are out of the forward, so they receive no gradient.
   on_task_end    the task's anchors (Eq. 2): its mean image and mean instruction features over up to
-                 `anchor_samples` training records, from the pluggable encoder (`cvit.model.encoders`);
+                 `anchor_samples` training records, from the pluggable encoder (`cvit.model.encoders`; with
+                 `text_encoder: clip`, `text_features: released` (default) reads the text tower's pooler output
+                 as the released code's `CLIPTextModel` does, `projected` CLIP's projected text embedding: the
+                 paper says neither);
                  then every learned LoRA is fused into the adapter `fused` (Eq. 6, through peft's
                  `add_weighted_adapter`) with coefficient c = `epsilon` (paper: 1.0), or c = `epsilon / T` over
                  T learned tasks with `average: true` (not in the paper). `fusion: linear` (released code,
@@ -38,7 +41,7 @@ from cvit.callbacks.base import ContinualCallback, Shared
 
 from cvit.config.registry import register_callback
 from cvit.errors import ConfigError
-from cvit.model.encoders import build_encoder, mean_embeddings, to_accelerator
+from cvit.model.encoders import CLIP_TEXT_FEATURES, build_encoder, mean_embeddings, to_accelerator
 from cvit.model.mixing import layers_in, mixed
 from cvit.model.pool import indexed_adapter
 from cvit.model.routing import Router, RowGroups, whole_batch
@@ -117,8 +120,8 @@ class HiDeLLaVA(ContinualCallback):
     def __init__(
         self, layout: str = "hide", top_layers: list | None = None, fusion: str = "linear", epsilon: float = 1.0,
         average: bool = False, temperature: float = 0.1, alpha: float = 0.5, beta: float = 0.5,
-        image_encoder: str = "mllm", text_encoder: str = "mllm", clip_path: str = "", anchor_samples: int = 500,
-        seed: int = 0,
+        image_encoder: str = "mllm", text_encoder: str = "mllm", clip_path: str = "", text_features: str = "released",
+        anchor_samples: int = 500, seed: int = 0,
     ) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
@@ -131,7 +134,10 @@ class HiDeLLaVA(ContinualCallback):
         self.layout, self.fusion, self.epsilon, self.average = layout, fusion, epsilon, average
         self.top_layers = [int(i) for i in (top_layers if top_layers is not None else [-1])]
         self.temperature, self.alpha, self.beta = temperature, alpha, beta
-        self.encoders = {"image": image_encoder, "text": text_encoder, "clip_path": clip_path or None}
+        if text_features not in CLIP_TEXT_FEATURES:
+            raise ValueError(f"text_features must be one of {', '.join(CLIP_TEXT_FEATURES)}, got {text_features!r}")
+        self.encoders = {"image": image_encoder, "text": text_encoder, "clip_path": clip_path or None,
+                         "clip_text_features": text_features}
         self.anchor_samples, self.seed = anchor_samples, seed
         self.tasks: list[str] = []
         self.anchors: dict[str, dict[str, torch.Tensor]] = {}
@@ -150,7 +156,7 @@ class HiDeLLaVA(ContinualCallback):
     def on_task_end(self, trainer, module, datamodule, task) -> None:
         if self.encoder is None:
             self.encoder = build_encoder(module, self.encoders["image"], self.encoders["text"],
-                                         self.encoders["clip_path"])
+                                         self.encoders["clip_path"], self.encoders["clip_text_features"])
         to_accelerator(module, trainer)
         self.anchors[task.name] = mean_embeddings(self.encoder, datamodule.train_set(task), self.anchor_samples,
                                                   self.seed + task.index, ("image", "instruction"))

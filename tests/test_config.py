@@ -77,6 +77,8 @@ def test_missing_required_keys_are_listed():
      r"m\.yaml: key 'callbacks.g.similarity': similarity must be one of max, mean, got 'median'"),
     ([], "callbacks:\n  h: {name: hide, layout: expand_some}\n",
      r"m\.yaml: key 'callbacks.h.layout': layout must be one of"),
+    ([], "callbacks:\n  h: {name: hide, text_features: pooled}\n",
+     r"m\.yaml: key 'callbacks.h.text_features': text_features must be one of projected, released, got 'pooled'"),
     (["callbacks.h.layout=expand_some"], "callbacks:\n  h: {name: hide}\n",
      r"command line: key 'callbacks.h.layout': layout must be one of"),
     (["eval.scoring=generous"], None, r"command line: key 'eval.scoring': 'generous' is not one of official, lenient"),

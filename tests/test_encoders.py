@@ -72,3 +72,19 @@ def test_mean_embeddings_of_a_task(small_config):
     assert set(means) == {"image", "instruction", "answer"} and all(v.dim() == 1 for v in means.values())
     again = mean_embeddings(build_encoder(module), dataset, samples=5, seed=1)
     assert all(torch.equal(means[k], again[k]) for k in means)  # seeded choice of records
+
+
+def test_clip_text_features_released_and_projected(small_config, tmp_path):
+    _, module = prepared(small_config)
+    path = str(save_tiny_clip(tmp_path / "clip"))
+    released = build_encoder(module, "mllm", "clip", path, clip_text_features="released").texts(TEXTS)
+    projected = build_encoder(module, "mllm", "clip", path, clip_text_features="projected").texts(TEXTS)
+    clip, processor = CLIPModel.from_pretrained(path).eval(), CLIPProcessor.from_pretrained(path)
+    inputs = processor(text=TEXTS, return_tensors="pt", padding=True, truncation=True)
+    with torch.no_grad():
+        pooled = clip.text_model(**inputs).pooler_output  # HiDe's released CLIPTextModel output
+        joint = clip.text_projection(pooled)
+    assert released.shape == (3, clip.config.text_config.hidden_size) and projected.shape == (3, 16)
+    assert torch.allclose(released, pooled, atol=1e-6) and torch.allclose(projected, joint, atol=1e-6)
+    with pytest.raises(ConfigError, match="CLIP text features must be one of"):
+        build_encoder(module, "mllm", "clip", path, clip_text_features="pooled")

