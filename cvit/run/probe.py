@@ -1,9 +1,10 @@
 """`cvit world probe MODEL_DIR`: what a base model sees, asked in its own base-training wording.
 
-Three probes on scenes of the base's own four colours and kinds, drawn from a fixed key (the same scenes on every
+Probes on scenes of the base's own four colours and kinds, drawn from a fixed key (the same scenes on every
 machine), answered by greedy generation:
 - the colour and the kind of one shape, on 200 CLEAR and 200 HARD scenes (exact answer);
-- the box of one of two shapes, on 100 HARD scenes (the kit's loose box reading, IoU > 0.5 against the true box);
+- the box of one of two shapes (the first or the second in reading order, in turn), on 100 HARD scenes (the kit's
+  loose box reading, IoU > 0.5 against the true box);
 - where one of two shapes is, named by its colour, on 200 HARD scenes: the share naming its place (`where_hard`)
   and the share naming the other shape's (`where_other_hard`). Equal shares mean the colour is not bound to its
   place: the answer is one of the occupied places, at chance.
@@ -58,7 +59,7 @@ def probe_base(model_dir: Path) -> dict[str, float]:
             shares[f"{attribute}_{name}"] = sum(a == t for a, t in zip(answers, truth, strict=True)) / len(scenes)
     rng = keyed_random("probe", "box")
     scenes = [sample_shapes(rng, 2, BASE_SHAPES, BASE_COLOURS, True, HARD) for _ in range(100)]
-    targets = [scene.shapes[0] for scene in scenes]
+    targets = [scene.shapes[i % 2] for i, scene in enumerate(scenes)]  # the first or the second, in turn
     answers = ask(model, processor, [f"Give the box of the {t.colour} shape ." for t in targets], scenes, 30)
     hits = [(box := parse_box(a)) is not None and box_iou(box, t.box) > 0.5 for a, t in zip(answers, targets,
                                                                                             strict=True)]
