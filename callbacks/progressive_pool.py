@@ -28,8 +28,15 @@ import torch
 from cvit.callbacks.base import Capability, ContinualCallback, Shared
 
 from cvit.config.registry import register_callback
-from cvit.methods.allocation import DynamicAllocator, max_pool, similarity_weight
-from cvit.model.encoders import build_encoder, mean_embeddings, to_accelerator, token_embeddings
+from cvit.methods.allocation import ALLOCATOR_FORMS, DynamicAllocator, max_pool, similarity_weight
+from cvit.model.encoders import (
+    CHUNK,
+    build_encoder,
+    mean_embeddings,
+    multimodal_embeddings,
+    to_accelerator,
+    token_embeddings,
+)
 from cvit.model.mixing import mixed
 from cvit.model.pool import indexed_adapter
 from cvit.model.routing import Router, RowGroups, rows_by_key, whole_batch
@@ -46,12 +53,13 @@ class AllocationRouter(Router):
     """Forwards through the fused LoRA block. `similarity[t]` holds the task similarity w_{p,t} of every earlier
     task p (what recall sizes its replay with); `fused[t]` the weights of the earlier blocks in task t's fused
     block (the similarity, or 1 for the w = 1 ablation; its own block has weight 1); `allocator` is the
-    dynamic allocator, or None for static allocation."""
+    dynamic allocator, or None for static allocation; `form` the allocator's form, which also says what x_max
+    pools (`paper`: the instruction's input embeddings; `released`: the whole multimodal input)."""
 
     def __init__(self, module, tasks: list[str], similarity: dict[str, list[float]], fused: dict[str, list[float]],
-                 allocator: DynamicAllocator | None) -> None:
+                 allocator: DynamicAllocator | None, form: str = "paper") -> None:
         self.module, self.tasks, self.similarity, self.fused = module, tasks, similarity, fused
-        self.allocator = allocator
+        self.allocator, self.form = allocator, form
 
     @property
     def blocks(self) -> list[str]:
@@ -63,9 +71,21 @@ class AllocationRouter(Router):
         weights = [*self.fused[task], 1.0]  # blocks after the task's own are not used
         return dict(zip(self.blocks[: len(weights)], weights, strict=True))
 
-    def pooled(self, instructions: list[str]) -> torch.Tensor:
-        """[B, d] max-pooled input embeddings of the instructions (x_max of Eq. 5)."""
-        return max_pool(*token_embeddings(self.module, instructions))
+    def pooled(self, batch: dict[str, Any]) -> torch.Tensor:
+        """[B, d] x_max of Eq. 5 for a collated batch: the max over its instructions' input embeddings (`paper`) or
+        over every position of its multimodal input (`released`: image features, prompt and, in a training batch,
+        the answer; padding left out)."""
+        if self.form == "released":
+            return max_pool(*multimodal_embeddings(self.module, batch))
+        return max_pool(*token_embeddings(self.module, batch["instructions"]))
+
+    def pooled_records(self, datamodule, task, indices: list[int]) -> torch.Tensor:
+        """[N, d] x_max of a task's training records `indices`, collated as training batches (task recall's)."""
+        if self.form == "paper":
+            return max_pool(*token_embeddings(self.module, datamodule.instructions(task, indices)))
+        records = datamodule.train_set(task)
+        return torch.cat([self.pooled(datamodule.collator.train_batch([records[i] for i in indices[j:j + CHUNK]]))
+                          for j in range(0, len(indices), CHUNK)])
 
     def allocate(self, pooled: torch.Tensor) -> torch.Tensor:
         """[B, n] dynamic weights over the blocks in the pool."""
@@ -76,7 +96,7 @@ class AllocationRouter(Router):
         if self.allocator is None:
             weights = self.static_weights(task)
         else:
-            rows = self.allocate(self.pooled(batch["instructions"]))
+            rows = self.allocate(self.pooled(batch))
             weights = {block: rows[:, n] for n, block in enumerate(self.blocks)}
         with mixed(self.module.pool.peft, weights):
             yield
@@ -100,11 +120,14 @@ class ProgressiveLoRAPool(ContinualCallback):
 
     def __init__(
         self, allocation: str = "static", weights: str = "similarity", projector_dim: int = 100,
-        temperature: float = 0.0, image_encoder: str = "mllm", text_encoder: str = "mllm", clip_path: str = "",
-        embedding_samples: int = 500, seed: int = 0,
+        temperature: float = 0.0, allocator: str = "paper", image_encoder: str = "mllm", text_encoder: str = "mllm",
+        clip_path: str = "", embedding_samples: int = 500, seed: int = 0,
     ) -> None:
         if allocation not in ("static", "dynamic"):
             raise ValueError(f"allocation must be static or dynamic, got {allocation!r}")
+        if allocator not in ALLOCATOR_FORMS:
+            raise ValueError(f"allocator must be one of {', '.join(ALLOCATOR_FORMS)}, got {allocator!r}")
+        self.form = allocator
         if weights not in ("similarity", "uniform"):
             raise ValueError(f"weights must be similarity or uniform, got {weights!r}")
         self.allocation, self.weights = allocation, weights
@@ -135,7 +158,8 @@ class ProgressiveLoRAPool(ContinualCallback):
         broadcast_from_zero([e for task_embeddings in self.embeddings.values() for e in task_embeddings.values()])
         self.similarity[task.name] = [similarity_weight(self.embeddings[p], current) for p in self.tasks[:-1]]
         fused = {t: w if self.weights == "similarity" else [1.0] * len(w) for t, w in self.similarity.items()}
-        module.set_router(AllocationRouter(module, list(self.tasks), self.similarity, fused, self.allocator(module)))
+        module.set_router(AllocationRouter(module, list(self.tasks), self.similarity, fused, self.allocator(module),
+                                           self.form))
 
     def allocator(self, module) -> DynamicAllocator | None:
         """The dynamic allocator with a trainable key for the new block (earlier keys frozen), or None."""
@@ -145,7 +169,7 @@ class ProgressiveLoRAPool(ContinualCallback):
             dim = module.pool.peft.get_input_embeddings().weight.shape[1]
             restoring = len(self.tasks) > 1  # the run resumes: the saved stage holds the allocator's weights
             with torch.random.fork_rng(enabled=restoring):  # a restored allocator draws no random numbers
-                allocator = DynamicAllocator(dim, self.projector_dim, self.temperature)
+                allocator = DynamicAllocator(dim, self.projector_dim, self.temperature, self.form)
                 for _ in range(len(self.tasks) - 1):
                     allocator.add_key()
                 module.pool.add_extra(ALLOCATOR, allocator)

@@ -58,11 +58,11 @@ class TaskRecall(ExperienceReplay):
             return
         chosen = {name: indices for name, indices in self.recall(module, task).items() if indices}
         if chosen:
-            texts = [text for name, indices in chosen.items()
-                     for text in datamodule.instructions(datamodule.tasks[name], indices)]
             blocks = len(module.router.tasks)  # recorded allocations zero-padded to the blocks in the pool now
             with torch.no_grad():
-                self.recall_pooled = module.router.pooled(texts)
+                self.recall_pooled = torch.cat([module.router.pooled_records(datamodule, datamodule.tasks[name],
+                                                                             indices)
+                                                for name, indices in chosen.items()])
             self.recall_targets = torch.cat([
                 torch.nn.functional.pad(self.recorded[name][: len(indices)],
                                         (0, blocks - self.recorded[name].shape[1]))
@@ -82,7 +82,7 @@ class TaskRecall(ExperienceReplay):
         if self.mode == "kl":
             kept = self.buffer[task.name]  # draw order: similarity recall takes a prefix of it
             with torch.no_grad():
-                pooled = module.router.pooled(datamodule.instructions(datamodule.tasks[task.name], kept))
+                pooled = module.router.pooled_records(datamodule, datamodule.tasks[task.name], list(kept))
                 self.recorded[task.name] = module.router.allocate(pooled).cpu()
         self.recall_pooled = self.recall_targets = None
 

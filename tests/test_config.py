@@ -77,6 +77,8 @@ def test_missing_required_keys_are_listed():
      r"m\.yaml: key 'callbacks.g.similarity': similarity must be one of max, mean, got 'median'"),
     ([], "callbacks:\n  h: {name: hide, layout: expand_some}\n",
      r"m\.yaml: key 'callbacks.h.layout': layout must be one of"),
+    ([], "callbacks:\n  p: {name: progressive_pool, allocation: dynamic, allocator: shared}\n",
+     r"m\.yaml: key 'callbacks.p.allocator': allocator must be one of paper, released, got 'shared'"),
     ([], "callbacks:\n  h: {name: hide, text_features: pooled}\n",
      r"m\.yaml: key 'callbacks.h.text_features': text_features must be one of projected, released, got 'pooled'"),
     (["callbacks.h.layout=expand_some"], "callbacks:\n  h: {name: hide}\n",

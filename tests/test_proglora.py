@@ -47,6 +47,25 @@ def test_dynamic_allocation_recomputed_by_hand():
     assert DynamicAllocator(dim=16).temperature == 4.0  # default sqrt(d_in)
 
 
+def test_released_allocation_recomputed_by_hand():
+    """The released form: LN(SiLU(W2 W1 x)) with bias-free linears, then the same keys and softmax."""
+    torch.manual_seed(0)
+    allocator = DynamicAllocator(dim=4, projector_dim=3, temperature=0.5, form="released")
+    keys = [allocator.add_key() for _ in range(2)]
+    first, second, _, norm = allocator.projector
+    assert first.bias is None and second.bias is None and first.weight.shape == (3, 4)
+    pooled = torch.randn(5, 4)
+    h = torch.nn.functional.silu(pooled @ first.weight.T @ second.weight.T)
+    h = (h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + norm.eps)
+    h = h * norm.weight + norm.bias
+    expected = torch.softmax(h @ torch.stack(keys).T / 0.5, -1)
+    assert torch.allclose(allocator(pooled), expected, atol=1e-6)
+    # per row, not shifted by a batch maximum: a row's weights do not depend on the other rows
+    assert torch.allclose(allocator(pooled[:1]), expected[:1], atol=1e-6)
+    with pytest.raises(ValueError, match="allocator must be one of paper, released"):
+        DynamicAllocator(dim=4, form="shared")
+
+
 def test_max_pool_ignores_padding():
     values = torch.tensor([[[1.0, -5.0], [3.0, -1.0], [9.0, 9.0]]])
     assert max_pool(values, torch.tensor([[1, 1, 0]])).tolist() == [[3.0, -1.0]]
@@ -240,7 +259,7 @@ def test_dynamic_allocation_mixes_each_row_with_its_own_weights(small_config):
     items = [dm.test_set(dm.tasks["colour_mc"])[0], dm.test_set(dm.tasks["count_vqa"])[0]]
     batch = dm.collator.eval_batch(items)
     with torch.no_grad():
-        rows = module.router.allocate(module.router.pooled(batch["instructions"]))
+        rows = module.router.allocate(module.router.pooled(batch))
     assert rows.shape == (2, 2) and not torch.allclose(rows[0], rows[1])  # the two instructions weigh differently
     [(indices, context)] = module.router.route(batch)  # one group: the weights are per row, in one forward
     assert indices == [0, 1]
@@ -251,6 +270,38 @@ def test_dynamic_allocation_mixes_each_row_with_its_own_weights(small_config):
     for i in range(2):
         mixture = rows[i, 0] * lora_delta(layer, "default") + rows[i, 1] * lora_delta(layer, "block1")
         assert torch.allclose(got[i], layer.base_layer(x[i]) + x[i] @ mixture.T, atol=1e-5)
+
+
+def test_released_allocation_pools_the_multimodal_input_the_model_reads(small_config):
+    """x_max of the released form is the max over the language model's real input: image features spliced in."""
+    run = two_task_run(small_config, DYNAMIC, "dynamic-released", "callbacks.pool.allocator=released")
+    module, dm = run.module, run.datamodule
+    allocator = module.pool.extras["allocation"]
+    assert allocator.projector[0].bias is None and isinstance(allocator.projector[2], torch.nn.SiLU)
+    batch = train_batch(dm, "count_vqa")
+    seen = {}
+    language_model = module.pool.peft.get_base_model().model.language_model
+    def keep(_, args, kwargs) -> None:
+        seen["embeds"] = kwargs["inputs_embeds"].detach()
+
+    hook = language_model.register_forward_pre_hook(keep, with_kwargs=True)
+    try:
+        with torch.no_grad(), module.router.training(batch):
+            module.pool.peft(**{k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")})
+            pooled = module.router.pooled(batch)
+    finally:
+        hook.remove()
+    mask = batch["attention_mask"].bool().unsqueeze(-1)
+    by_hand = seen["embeds"].masked_fill(~mask, float("-inf")).amax(1)
+    assert torch.allclose(pooled, by_hand, atol=1e-6)
+    image_rows = batch["input_ids"] == module.pool.peft.get_base_model().config.image_token_id
+    assert image_rows.any() and not torch.allclose(
+        pooled, max_pool(module.pool.peft.get_input_embeddings()(batch["input_ids"]), batch["attention_mask"]))
+    kept = list(run.callbacks["recall"].buffer["colour_mc"])[:3]
+    records = dm.train_set(dm.tasks["colour_mc"])
+    with torch.no_grad():
+        assert torch.allclose(module.router.pooled_records(dm, dm.tasks["colour_mc"], kept),
+                              module.router.pooled(dm.collator.train_batch([records[i] for i in kept])), atol=1e-6)
 
 
 def test_static_routing_sends_an_unseen_task_to_the_latest_fused_block(small_config):

@@ -7,6 +7,14 @@ e = a task's mean image / instruction / answer embedding. The product is clamped
 states no range; the recall count (1 - w) phi needs w <= 1, and a negative weight would subtract a block).
 Dynamic (Eq. 5-7): h = LN(W2 SiLU(W1 x_max + b1) + b2), w_n = softmax_n(h . key_n / T), x_max the
 max-pool over the instruction's token embeddings (the layers before the LoRA pool: the input embeddings).
+The released code (Yahan-Yu/proglora_codebase, `llava_llama.py`) differs, offered as form `released`:
+h = LN(SiLU(W2 W1 x_max)) with both linears bias-free, x_max the max over every position of the multimodal
+input (the input embeddings with the image features spliced in; in training the answer's tokens too). Not
+copied from it, and documented here as defects: it shifts the earlier blocks' logits and the current block's
+logits each by their own maximum over the whole batch before one softmax, so at its evaluation batch of 1 the
+current block's logit is always 0 and, with two blocks, the weights are always [0.5, 0.5] whatever the input; it
+recomputes the weights at every decoding step from the newest token's embedding alone; its max-pool runs over the
+zero padding too; its Xavier initialisation of the projector never runs (the check is on the Sequential).
 Recall (Eq. 8): KL between the allocation recorded when an earlier sample was learned (zero-padded to the
 blocks now in the pool) and its allocation now.
 """
@@ -36,13 +44,26 @@ def max_pool(embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return embeddings.masked_fill(~mask.bool().unsqueeze(-1), floor).amax(1)
 
 
-class DynamicAllocator(nn.Module):
-    """The projector of Eq. 5 and one key per LoRA block; `forward(x_max)` gives Eq. 6's [B, n] weights."""
+ALLOCATOR_FORMS = ("paper", "released")
 
-    def __init__(self, dim: int, projector_dim: int = 100, temperature: float = 0.0) -> None:
+
+def allocation_projector(dim: int, projector_dim: int, form: str) -> nn.Sequential:
+    """Eq. 5's projector `paper`: LN(W2 SiLU(W1 x + b1) + b2); `released`: LN(SiLU(W2 W1 x)), no biases."""
+    if form == "paper":
+        return nn.Sequential(nn.Linear(dim, projector_dim), nn.SiLU(), nn.Linear(projector_dim, dim), nn.LayerNorm(dim))
+    if form == "released":
+        return nn.Sequential(nn.Linear(dim, projector_dim, bias=False), nn.Linear(projector_dim, dim, bias=False),
+                             nn.SiLU(), nn.LayerNorm(dim))
+    raise ValueError(f"allocator must be one of {', '.join(ALLOCATOR_FORMS)}, got {form!r}")
+
+
+class DynamicAllocator(nn.Module):
+    """The projector of Eq. 5 (`form`: see `allocation_projector`) and one key per LoRA block; `forward(x_max)`
+    gives Eq. 6's [B, n] weights."""
+
+    def __init__(self, dim: int, projector_dim: int = 100, temperature: float = 0.0, form: str = "paper") -> None:
         super().__init__()
-        self.projector = nn.Sequential(nn.Linear(dim, projector_dim), nn.SiLU(), nn.Linear(projector_dim, dim),
-                                       nn.LayerNorm(dim))
+        self.projector = allocation_projector(dim, projector_dim, form)
         self.keys = nn.ParameterList()
         self.temperature = temperature or math.sqrt(dim)  # 0: sqrt(d_in), as the released code divides by
 

@@ -101,6 +101,20 @@ def token_embeddings(module: ContinualModule, texts: list[str]) -> tuple[torch.T
     return embed(ids), tokens["attention_mask"].to(ids.device)
 
 
+def multimodal_embeddings(module: ContinualModule, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, L, d] the language model's input for a collated `batch`: its tokens' input embeddings with the image
+    features spliced in at the image tokens, [B, L] its attention mask), on the model's device. Gradients flow to
+    the trained multimodal projector, as in the model's own forward."""
+    base = module.pool.peft.get_base_model()
+    device = model_device(module)
+    ids = batch["input_ids"].to(device)
+    embeddings = module.pool.peft.get_input_embeddings()(ids)
+    images = {k: batch[k].to(device) for k in ("pixel_values", "image_grid_thw") if k in batch}
+    features = torch.cat(list(base.get_image_features(**images).pooler_output)).to(embeddings.dtype)
+    spliced = embeddings.masked_scatter((ids == base.config.image_token_id).unsqueeze(-1), features)
+    return spliced, batch["attention_mask"].to(device)
+
+
 def mllm_texts(module: ContinualModule) -> Callable[[list[str]], torch.Tensor]:
     return lambda texts: masked_mean(*token_embeddings(module, texts))
 
