@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from cvit.callbacks.base import ContinualCallback
 from peft import PeftModel
 from safetensors.torch import load_file
@@ -12,6 +13,7 @@ from transformers import LlavaForConditionalGeneration
 
 from cvit.errors import RunDirError
 from cvit.run.loop import ContinualRun
+from cvit.run.rundir import RunDirectory
 from tests.conftest import CONFIGS
 
 SHORT = ("benchmark.order=[colour_mc,count_vqa,grounding]", "train.max_steps=3")
@@ -106,6 +108,18 @@ def test_resume_with_a_different_config_is_refused(small_config):
         ContinualRun(cfg, sources, run_dir).run(resume=True)
     with pytest.raises(RunDirError, match="already exists"):
         ContinualRun(cfg, sources, run_dir).run()
+
+
+def test_a_run_stored_before_a_callback_argument_existed_resumes_at_its_default(tmp_path):
+    """A stored config without an argument a built-in callback has gained ran at its default: resuming with the
+    default, written or not, is allowed; with another value it is refused, naming the argument."""
+    folder = RunDirectory(tmp_path / "run")
+    folder.create(yaml.safe_dump({"callbacks": {"pool": {"name": "progressive_pool", "allocation": "dynamic"}}}))
+    same = {"callbacks": {"pool": {"name": "progressive_pool", "allocation": "dynamic", "allocator": "paper"}}}
+    folder.check_resumable(yaml.safe_dump(same))
+    same["callbacks"]["pool"]["allocator"] = "released"
+    with pytest.raises(RunDirError, match=r"differing keys: callbacks\.pool\.allocator$"):
+        folder.check_resumable(yaml.safe_dump(same))
 
 
 def test_every_hook_is_reached_in_order_and_adapters_load_with_plain_peft(small_config, tiny_model_dir):

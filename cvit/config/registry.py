@@ -46,6 +46,22 @@ def known_callbacks() -> dict[str, type]:
     return CALLBACKS
 
 
+def with_argument_defaults(callbacks: dict[str, Any]) -> dict[str, Any]:
+    """A config's `callbacks` mapping with every built-in callback's omitted arguments at their defaults (a run
+    stored before an argument existed ran as its default says); user callbacks (`class_path`) as they are."""
+    known = known_callbacks()
+    filled = {}
+    for key, spec in callbacks.items():
+        cls = known.get(spec.get("name")) if isinstance(spec, dict) else None
+        if cls is None:
+            filled[key] = spec
+            continue
+        defaults = {name: param.default for name, param in inspect.signature(cls.__init__).parameters.items()
+                    if param.default is not inspect.Parameter.empty}
+        filled[key] = {**defaults, **spec}
+    return filled
+
+
 def import_user_module(name: str, origin: str):
     """Import a user's module from sys.path, else from the current folder, else from the folder of the YAML file
     `origin` that names it (so `cvit fit` finds a project's own package without PYTHONPATH)."""

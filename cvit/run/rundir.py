@@ -22,6 +22,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from cvit.config.registry import with_argument_defaults
 from cvit.config.schema import ExperimentConfig
 from cvit.errors import RunDirError
 from cvit.run.atomic import atomic_path, write_json, write_text
@@ -86,7 +87,8 @@ class RunDirectory:
         stored_file = self.path / "config.yaml"
         if not self.exists:
             raise RunDirError(f"{self.path}: not a run directory (no config.yaml)")
-        stored, current = with_defaults(yaml.safe_load(stored_file.read_text())), yaml.safe_load(config_yaml)
+        stored = with_defaults(yaml.safe_load(stored_file.read_text()))
+        current = with_defaults(yaml.safe_load(config_yaml))
         differences = sorted(k for k in diff_keys(stored, current) if not k.startswith(RESULT_NEUTRAL_KEYS))
         if differences:
             raise RunDirError(
@@ -132,12 +134,14 @@ class RunDirectory:
 
 
 def with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
-    """A stored config with the keys the schema has gained since filled in at their defaults (a run made before a
-    key existed ran as its default says), or as stored where it no longer fits the schema."""
+    """A stored config with the keys the schema and the built-in callbacks' arguments have gained since filled in at
+    their defaults (a run made before a key existed ran as its default says), or as stored where it no longer fits
+    the schema."""
     try:
-        return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(ExperimentConfig), stored))
+        config = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(ExperimentConfig), stored))
     except OmegaConfBaseException:
         return stored
+    return {**config, "callbacks": with_argument_defaults(config.get("callbacks") or {})}
 
 
 def config_differences(run_a: Path, run_b: Path) -> list[str]:
