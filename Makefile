@@ -8,7 +8,7 @@ ARGS     ?=
 JOBS     ?= 2
 SEEDS    ?= 0 1 2
 
-.PHONY: install lock demo results world world-check calibration scaling test lint bench params plan parallel-check \
+.PHONY: install lock demo results composed world world-check calibration scaling test lint bench params plan parallel-check \
 	run clean ladder-llaca ladder-proglora ladder-hide ladder-smolora ladder-baselines
 
 # The versions every figure was made with are pinned in requirements.lock (make lock re-resolves it). uv installs in
@@ -33,10 +33,14 @@ lock: install
 demo: install
 	$(CVIT) demo --work $(WORK) --jobs $(JOBS)
 
-# every method and baseline, and the composed methods, on the embedded default: results/synthetic.md and its plots
-# (SeqLoRA, joint and the papers' methods under each of SEEDS)
+# every method and baseline on the embedded default: results/synthetic.md and its plots (SeqLoRA, joint and the
+# papers' methods under each of SEEDS)
 results: install
 	$(CVIT) results --work $(WORK) --out results --jobs $(JOBS) --seeds $(SEEDS)
+
+# the composed methods beside the methods they are made of (seed 0; reuses make results' runs): results/composed/
+composed: install
+	$(CVIT) results --composed --work $(WORK) --out results --jobs $(JOBS)
 
 # base-train the tiny model from scratch and commit its weights as the world's base (cvit/synthetic/base/)
 world: install

@@ -158,7 +158,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_results(args: argparse.Namespace) -> None:
     from cvit.run.results import run_results
 
-    print(run_results(Path(args.work), Path(args.configs), Path(args.out), jobs=args.jobs, seeds=tuple(args.seeds)))
+    print(run_results(Path(args.work), Path(args.configs), Path(args.out), jobs=args.jobs, seeds=tuple(args.seeds),
+                      composed=args.composed))
 
 
 def cmd_world_build(args: argparse.Namespace) -> None:
@@ -316,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
     results.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], metavar="SEED",
                          help="seeds of SeqLoRA, joint and the four papers' methods (the others run at the first)")
+    results.add_argument("--composed", action="store_true",
+                         help="the composed methods beside their parts, at the first seed: results/composed/")
     results.set_defaults(func=cmd_results)
     return parser
 

@@ -67,5 +67,7 @@ def test_results_header_states_time_machine_and_libraries():
     assert "the runs' stages took 5.0 min summed over runs" in text
     assert cpu_model() in text and f"torch {library_versions()['torch']}" in text
     assert "(seqlora, composed/proglora_ema)" in text
-    assert "seeds (seqlora) are the mean ± sample standard deviation over seeds\n0, 1, 2 (runs" in text
-    assert "the world already built)" in preamble(("seqlora",), (0,), 60.0, 0, False, 30.0)
+    assert "seeds (seqlora) are the mean ± sample standard deviation over seeds 0, 1, 2 (runs" in text
+    single = preamble(("seqlora",), (0,), 60.0, 0, False, 30.0, "make composed")
+    assert "the world already built)" in single and "# The composed methods" in single
+    assert "Seed 0.\n" in single and "standard deviation" not in single

@@ -1,7 +1,8 @@
-"""`make results`: every method and baseline, and the composed methods, on the embedded default, side by side in
-results/synthetic.md with its two plots. SeqLoRA, joint and the four papers' methods run under several seeds (0, 1
-and 2 by default) and show mean ± standard deviation; the others run at seed 0. The runs are the demo's
-(work/runs/demo-<method>[-seed<k>]; a finished one is reused), so `make demo`'s figures are rows of this table."""
+"""`make results`: every method and baseline on the embedded default, side by side in results/synthetic.md with its
+two plots. SeqLoRA, joint and the four papers' methods run under several seeds (0, 1 and 2 by default) and show mean ±
+standard deviation; the others run at seed 0. `make composed`: the composed methods beside the methods they are made
+of, at seed 0, in results/composed/. The runs are the demo's (work/runs/demo-<method>[-seed<k>]; a finished one is
+reused), so `make demo`'s figures are rows of these tables."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from cvit.run.world import STREAM_SIZES, base_is_current, prepare_world
 from cvit.synthetic.version import WORLD_VERSION
 from cvit.synthetic.writer import SyntheticSizes, is_current
 
-# each paper's method (its main variant), the baselines, then the composed methods (configs/method/composed/)
+# the baselines, then each paper's method (its main variant)
 METHODS = ("zeroshot", "seqlora", "joint", "replay", "ewc", "lwf", "moelora", "olora", "llaca", "proglora_static",
-           "proglora_dynamic", "hide", "smolora", "composed/proglora_ema", "composed/smolora_replay",
-           "composed/moelora_ema")
+           "proglora_dynamic", "hide", "smolora")
+# each composed method (configs/method/composed/) after the methods it is made of, and SeqLoRA for reference
+COMPOSED = ("seqlora", "proglora_dynamic", "llaca", "composed/proglora_ema", "smolora", "replay",
+            "composed/smolora_replay", "moelora", "composed/moelora_ema")
 # SeqLoRA, joint and the four papers' methods: run under every seed of `run_results`
 SEEDED = ("seqlora", "joint", "llaca", "proglora_static", "proglora_dynamic", "hide", "smolora")
 SEEDS = (0, 1, 2)
@@ -32,7 +35,7 @@ TINY_SCALE = ("callbacks.smolora.r=8", "callbacks.smolora.alpha=16", "callbacks.
 
 
 def preamble(methods: tuple[str, ...], seeds: tuple[int, ...], seconds: float, reused: int, built_world: bool,
-             stage_seconds: float) -> str:
+             stage_seconds: float, command: str = "make results") -> str:
     """The file's header: what was run, on what, and how long this invocation took (`seconds` of wall time;
     `stage_seconds`, the runs' train + evaluation time summed over runs)."""
     sizes = SyntheticSizes()
@@ -43,18 +46,20 @@ def preamble(methods: tuple[str, ...], seeds: tuple[int, ...], seconds: float, r
               + " summed over runs.")
     versions = ", ".join(f"{name} {version}" for name, version in library_versions().items())
     return "\n".join([
-        "# Every method on the synthetic stream",
+        "# Every method on the synthetic stream" if command == "make results" else "# The composed methods",
         "",
-        f"Written by `make results` (`cvit results`); do not edit by hand. The embedded world {WORLD_VERSION} (its",
+        f"Written by `{command}` (`cvit results`); do not edit by hand. The embedded world {WORLD_VERSION} (its",
         "base model committed in cvit/synthetic/base/, the same on every machine: `make world-check`), official",
         "scoring,",
         f"single-type instructions, the default order; {sizes.train} training and {sizes.test} test records per task;",
         "the tiny LLaVA of configs/model/tiny_llava.yaml with its multimodal projector trained. Mixtures scaled to the",
         f"tiny model: {' '.join(TINY_SCALE)}. Each row is configs/method/<name>.yaml",
-        f"({', '.join(methods)}); its run is work/runs/demo-<name> (report.md, matrix.json). Seed 0; the rows with",
-        f"seeds ({', '.join(m for m in SEEDED if m in methods)}) are the mean ± sample standard deviation over seeds",
-        f"{', '.join(map(str, seeds))} (runs demo-<name>-seed<k>): the seed changes the adapters' initialisation,",
-        "the order of the training records and their drawn templates; the world stays as it is.",
+        f"({', '.join(methods)}); its run is work/runs/demo-<name> (report.md, matrix.json). Seed {seeds[0]}"
+        + (";" if len(seeds) > 1 else "."),
+        *([f"the rows with seeds ({', '.join(m for m in SEEDED if m in methods)}) are the mean ± sample standard "
+           f"deviation over seeds {', '.join(map(str, seeds))} (runs demo-<name>-seed<k>): the seed changes the "
+           "adapters' initialisation, the order of the training records and their drawn templates; the world stays "
+           "as it is."] if len(seeds) > 1 else []),
         timing,
         f"Libraries: {versions} (the versions of requirements.lock).",
         "",
@@ -74,10 +79,12 @@ def check_seeds(seeds: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def run_results(work: Path, configs: Path, out: Path, methods: tuple[str, ...] = METHODS, jobs: int = 1,
-                seeds: tuple[int, ...] = SEEDS) -> Path:
+                seeds: tuple[int, ...] = SEEDS, composed: bool = False) -> Path:
     """Run (or reuse) every method at the first of `seeds` and the SEEDED ones at every seed, `jobs` at a time
     (`cvit.run.demo.run_methods`), then write `out`/synthetic.md, tradeoff.png and matrices.png; returns the
-    markdown's path."""
+    markdown's path. `composed`: the COMPOSED methods at the first seed instead, into `out`/composed/."""
+    if composed:
+        methods, seeds, out = COMPOSED, seeds[:1], out / "composed"
     check_seeds(seeds)
     started = time.perf_counter()
     built_world = not (is_current(work / "synthetic", STREAM_SIZES) and base_is_current(work / "tiny-llava-base"))
@@ -90,6 +97,8 @@ def run_results(work: Path, configs: Path, out: Path, methods: tuple[str, ...] =
     runs = run_methods(jobs_list, jobs, work, configs, data, model, "single", TINY_SCALE)
     groups = [[runs[run_label(m, s)] for s in (seeds if m in SEEDED else seeds[:1])] for m in methods]
     stage_seconds = sum(sum(read_run_document(run / "matrix.json").seconds) for run in runs.values())
-    header = preamble(methods, seeds, time.perf_counter() - started, reused, built_world, stage_seconds)
-    compare_runs([group[0] if len(group) == 1 else group for group in groups], out, "synthetic.md", header)
-    return out / "synthetic.md"
+    document = "composed.md" if composed else "synthetic.md"
+    header = preamble(methods, seeds, time.perf_counter() - started, reused, built_world, stage_seconds,
+                      "make composed" if composed else "make results")
+    compare_runs([group[0] if len(group) == 1 else group for group in groups], out, document, header)
+    return out / document
