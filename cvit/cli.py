@@ -162,6 +162,13 @@ def cmd_results(args: argparse.Namespace) -> None:
                       composed=args.composed))
 
 
+def cmd_assemble_llava(args: argparse.Namespace) -> None:
+    from cvit.run.assemble import assemble_llava
+
+    print(assemble_llava(Path(args.llm), Path(args.projector), Path(args.vision), Path(args.out), args.dtype,
+                         args.seed))
+
+
 def cmd_world_build(args: argparse.Namespace) -> None:
     from cvit.run.world import build_base
 
@@ -310,6 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "shape, clear and hard scenes; the box of one of two shapes")
     probe.add_argument("model", help="base model folder, e.g. work/tiny-llava-base")
     probe.set_defaults(func=cmd_world_probe)
+    assemble = sub.add_parser("assemble-llava", help="a Hugging Face LLaVA folder from a Vicuna folder, LLaVA's "
+                              "stage-1 mm_projector.bin and a CLIP folder (the papers' starting point)")
+    assemble.add_argument("--llm", required=True, help="the Vicuna (Llama) model folder")
+    assemble.add_argument("--projector", required=True, help="LLaVA's stage-1 mm_projector.bin")
+    assemble.add_argument("--vision", required=True, help="the CLIP model folder, e.g. clip-vit-large-patch14-336")
+    assemble.add_argument("--out", required=True, help="the new LLaVA folder (must not hold files)")
+    assemble.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"),
+                          help="the weights' dtype in the new folder")
+    assemble.add_argument("--seed", type=int, default=0, help="seed of the new tokens' embedding rows")
+    assemble.set_defaults(func=cmd_assemble_llava)
     results = sub.add_parser("results", help="every method and baseline on the synthetic stream: results/synthetic.md")
     results.add_argument("--work", default="work", help="folder for the model, data and runs")
     results.add_argument("--configs", default="configs", help="the configs folder")
