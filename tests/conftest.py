@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,12 @@ def small_config(synthetic_root, tiny_model_dir, tmp_path):
         return load_config(base, small_overrides(synthetic_root, tiny_model_dir, tmp_path / "runs") + list(extra))
 
     return load
+
+
+@pytest.fixture
+def qwen_config_dir(tmp_path) -> Path:
+    """A Qwen2-VL folder's config.json alone: enough for the checks that run before any model loads."""
+    folder = tmp_path / "qwen-config"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
+    return folder

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from PIL import Image
@@ -56,13 +54,10 @@ def test_pad_to_square_centres_the_image_on_the_mean_colour(tiny_model_dir):
     assert pad_to_square(square, fill) is square
 
 
-def test_image_aspect_is_checked_before_loading(small_config, tmp_path):
+def test_image_aspect_is_checked_before_loading(small_config, qwen_config_dir):
     cfg, sources = small_config("model.image_aspect=stretch")
     with pytest.raises(ConfigError, match="key 'model.image_aspect': 'stretch' is not one of crop, pad"):
         ContinualRun(cfg, sources).prepare()
-    qwen = tmp_path / "qwen"  # a Qwen2-VL folder's config alone: the check runs before anything loads
-    qwen.mkdir()
-    (qwen / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
-    cfg, sources = small_config("model.family=qwen2_vl", f"model.path={qwen}", "model.image_aspect=pad")
+    cfg, sources = small_config("model.family=qwen2_vl", f"model.path={qwen_config_dir}", "model.image_aspect=pad")
     with pytest.raises(ConfigError, match="key 'model.image_aspect': 'pad' is LLaVA-1.5's preprocessing"):
         ContinualRun(cfg, sources).prepare()

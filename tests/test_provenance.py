@@ -45,8 +45,8 @@ def test_chat_formats():
         chat_format("qwen2_vl", "llava_v1")
 
 
-def test_chat_format_of_another_family_is_refused_before_loading(small_config):
-    cfg, sources = small_config("model.family=qwen2_vl", "model.chat_format=llava_v1")
+def test_chat_format_of_another_family_is_refused_before_loading(small_config, qwen_config_dir):
+    cfg, sources = small_config("model.family=qwen2_vl", f"model.path={qwen_config_dir}", "model.chat_format=llava_v1")
     with pytest.raises(ConfigError, match="'model.chat_format': 'llava_v1' is for the llava family, not 'qwen2_vl'"):
         ContinualRun(cfg, sources).prepare()
 
