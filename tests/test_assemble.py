@@ -1,14 +1,18 @@
 """`cvit assemble-llava` on tiny versions of its three inputs, each written in its original format: a Llama folder
-(as lmsys/vicuna-7b-v1.5 ships), LLaVA's stage-1 mm_projector.bin, a CLIP folder (a whole CLIPModel)."""
+as lmsys/vicuna-7b-v1.5 ships one (safetensors weights, a SentencePiece tokenizer.model and no tokenizer.json),
+LLaVA's stage-1 mm_projector.bin, a CLIP folder (a whole CLIPModel)."""
 
 from __future__ import annotations
 
+import io
+import json
+import random
 from pathlib import Path
 
 import pytest
+import sentencepiece
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoProcessor,
     CLIPConfig,
@@ -17,7 +21,6 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     LlavaForConditionalGeneration,
-    PreTrainedTokenizerFast,
 )
 
 from cvit.errors import ConfigError
@@ -27,17 +30,29 @@ from cvit.run.assemble import PROJECTOR_KEYS, assemble_llava
 LLM_WIDTH, CLIP_WIDTH, VOCAB = 48, 32, 100
 
 
+def save_sentencepiece_tokenizer(folder: Path) -> None:
+    """Vicuna's tokenizer files: a SentencePiece BPE model (unk 0, bos 1, eos 2, no pad) and a LlamaTokenizer
+    tokenizer_config.json, without a tokenizer.json."""
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(2, 6))) for _ in range(300)]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(" ".join(rng.choice(words) for _ in range(8)) for _ in range(2000)),
+        model_writer=model, vocab_size=VOCAB, model_type="bpe", unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        character_coverage=1.0, minloglevel=2)
+    (folder / "tokenizer.model").write_bytes(model.getvalue())
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "add_bos_token": True, "add_eos_token": False, "legacy": False, "clean_up_tokenization_spaces": False}))
+
+
 def save_llama(folder: Path) -> Path:
-    words = ["<unk>", "<s>", "</s>", *(f"w{i}" for i in range(VOCAB - 3))]
-    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=LLM_WIDTH, intermediate_size=64,
                                          num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
                                          bos_token_id=1, eos_token_id=2))
     model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_sentencepiece_tokenizer(folder)
     return folder
 
 
