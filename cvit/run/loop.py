@@ -31,7 +31,7 @@ from cvit.reports.tensorboard import ContinualBoard
 from cvit.run.document import RunDocument
 from cvit.run.evaluate import evaluate_tasks, evaluation_trainer
 from cvit.run.inflight import AtomicCheckpointIO, inflight_callback, inflight_file
-from cvit.run.parallel import check_strategy, launch_rank, trainer_arguments, world_size
+from cvit.run.parallel import check_strategy, every_rank_here, launch_rank, trainer_arguments, world_size
 from cvit.run.provenance import run_setup
 from cvit.run.rundir import RunDirectory, stage_name
 from cvit.run.step_record import StepRecord
@@ -124,6 +124,7 @@ class ContinualRun:
         finally:
             if board is not None:
                 board.close()
+        every_rank_here()  # no rank closes its gloo/NCCL connections at exit while rank 0 still writes the report
         return self.run_dir.path
 
     def load_model(self) -> None:

@@ -90,6 +90,12 @@ def distributed() -> tuple[int, int]:
     return 0, 1
 
 
+def every_rank_here() -> None:
+    """Wait until every rank has reached this call (no-op in one process)."""
+    if distributed()[1] > 1:
+        dist.barrier()
+
+
 def shard(size: int, rank: int, world: int) -> list[int]:
     """The positions 0..size-1 that rank `rank` of `world` takes: every world-th one, from `rank` (uneven
     shards, no padding)."""
