@@ -58,8 +58,11 @@ calibration: install
 scaling: install
 	$(PY) scripts/scaling.py --work $(WORK) --out results
 
+# the suite on one pytest-xdist worker per logical CPU (TEST_JOBS=0: in this process), a test file per worker at a
+# time (test_parallel.py's tests share their two-process runs); the 25 slowest tests printed at the end
+TEST_JOBS ?= logical
 test: install
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -n $(TEST_JOBS) --dist loadfile --durations=25
 
 lint: install
 	.venv/bin/ruff check .

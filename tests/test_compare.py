@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 from cvit.reports.compare import Group, compare_runs, tradeoff_figure
 from cvit.run.document import RunDocument
 from cvit.run.rundir import RunDirectory
+from tests.conftest import run_cli
 
 SEQUENTIAL = RunDocument(
     tasks=["colour", "caption"], method="seqlora", stages=["colour", "caption"],
@@ -50,15 +48,12 @@ def test_runs_side_by_side_with_and_without_captions(tmp_path):
         assert (tmp_path / "out" / image).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_the_command_compares_and_names_a_folder_without_a_run(tmp_path):
-    folders = runs(tmp_path)
-    out = subprocess.run([sys.executable, "-m", "cvit.cli", "compare", *map(str, folders)], capture_output=True,
-                         text=True)
-    assert out.returncode == 0 and "demo-joint" in out.stdout and "demo-seqlora" in out.stdout
+def test_the_command_compares_and_names_a_folder_without_a_run(tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "compare", *runs(tmp_path))
+    assert code == 0 and "demo-joint" in out and "demo-seqlora" in out
     (tmp_path / "empty").mkdir()
-    bad = subprocess.run([sys.executable, "-m", "cvit.cli", "compare", str(tmp_path / "empty")], capture_output=True,
-                         text=True)
-    assert bad.returncode != 0 and "empty" in bad.stderr and "matrix.json" in bad.stderr
+    code, _, err = run_cli(capsys, "compare", tmp_path / "empty")
+    assert code != 0 and "empty" in err and "matrix.json" in err
 
 
 def test_tradeoff_plots_sequential_points_and_single_stage_lines_without_captions(tmp_path):
@@ -97,7 +92,7 @@ def test_a_seed_group_is_one_row_of_mean_and_sample_standard_deviation(tmp_path)
     assert cells[1] == "65.00 ± 5.00" and cells[3] == "-20.00 ± 10.00"
 
 
-def test_a_seed_group_that_differs_in_more_than_the_seed_is_refused(tmp_path):
+def test_a_seed_group_that_differs_in_more_than_the_seed_is_refused(tmp_path, capsys):
     import pytest
 
     from cvit.errors import ConfigError
@@ -107,6 +102,5 @@ def test_a_seed_group_that_differs_in_more_than_the_seed_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="share a seed"):
         compare_runs([seeded_runs(tmp_path / "same", seeds=(0, 1, 1))])
     folders = seeded_runs(tmp_path / "cli", lrs=(0.1, 0.3, 0.1))
-    out = subprocess.run([sys.executable, "-m", "cvit.cli", "compare", "--seeds", *map(str, folders)],
-                         capture_output=True, text=True)
-    assert out.returncode == 2 and "differ in more than the seed: train.lr" in out.stderr
+    code, _, err = run_cli(capsys, "compare", "--seeds", *folders)
+    assert code == 2 and "differ in more than the seed: train.lr" in err

@@ -1,6 +1,8 @@
 """Data parallelism on CPU with 2 processes (gloo, Lightning's own subprocess launcher, started from `cvit fit`):
 every method trains and evaluates as one process does at the same global batch, every rank holds the same
 method state, and a 2-process run killed mid-task resumes. One process runs at batch 16, two at batch 8 each.
+The methods' 2-process runs are `cvit fit` called in turn inside one pair of processes (tests/parallel/fit_each.py);
+the killed run and its resumption are `cvit fit` commands of their own.
 
 Tolerance: the two runs see the same 16 samples per step and take the same mean over their answer tokens
 (cvit.module.rank_share_of_tokens); they differ in the order of floating-point sums only, which AdamW amplifies
@@ -24,12 +26,17 @@ from cvit.data.collate import IGNORE_INDEX
 from cvit.run.loop import ContinualRun
 from tests.conftest import CONFIGS, REPO
 
-pytestmark = pytest.mark.multiprocess
+# one xdist worker runs the module, so its two-process runs are made once (`two_process_runs`, per session:
+# a worker may run other modules' tests between this module's)
+pytestmark = [pytest.mark.multiprocess, pytest.mark.xdist_group("two_processes")]
 
 PROBE = REPO / "tests" / "parallel" / "rank_probe.yaml"
+FIT_EACH = REPO / "tests" / "parallel" / "fit_each.py"
 STREAM = ("benchmark.order=[colour_mc,count_vqa]", "eval.unseen=false", "data.max_test_samples=7")
 METHODS = ("seqlora", "joint", "replay", "ewc", "lwf", "olora", "moelora", "llaca", "proglora_static",
            "proglora_dynamic", "hide", "smolora")
+RESUMED = "llaca"
+CHECKPOINT_EVERY_STEP = "train.checkpoint_every_n_steps=1"
 
 
 def method_files(method: str) -> list[Path]:
@@ -37,15 +44,24 @@ def method_files(method: str) -> list[Path]:
             CONFIGS / "method" / f"{method}.yaml", PROBE]
 
 
-def fit_two_processes(method: str, overrides: list[str], resume: Path | None = None,
-                      kill_at: str = "") -> subprocess.CompletedProcess:
-    """`cvit fit` on 2 CPU processes (Lightning's launcher re-runs the command for rank 1); `kill_at`:
-    "<task>:<step>" where every rank kills itself (tests/parallel/rank_probe.py)."""
-    command = [sys.executable, "-m", "cvit.cli", "fit", *[f"-c={path}" for path in method_files(method)],
-               *overrides, "train.devices=2", "train.strategy=ddp", "train.accelerator=cpu", "data.batch_size=8",
-               *(["--resume", str(resume)] if resume else [])]
+def two_process_arguments(method: str, overrides: list[str], resume: Path | None = None) -> list[str]:
+    """`cvit fit`'s arguments (after `fit`) for a 2-process CPU run at batch 8 per process."""
+    return [*[f"-c={path}" for path in method_files(method)], *overrides, "train.devices=2", "train.strategy=ddp",
+            "train.accelerator=cpu", "data.batch_size=8", *(["--resume", str(resume)] if resume else [])]
+
+
+def in_two_processes(command: list[str], kill_at: str = "") -> subprocess.CompletedProcess:
+    """`command` started as rank 0 (Lightning's launcher re-runs it for rank 1); `kill_at`: "<task>:<step>" where
+    every rank kills itself (tests/parallel/rank_probe.py)."""
     env = {**os.environ, "RANK_PROBE_KILL_AT": kill_at}
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+
+
+def fit_two_processes(method: str, overrides: list[str], resume: Path | None = None,
+                      kill_at: str = "") -> subprocess.CompletedProcess:
+    """`cvit fit` itself on 2 CPU processes."""
+    return in_two_processes([sys.executable, "-m", "cvit.cli", "fit", *two_process_arguments(method, overrides,
+                                                                                              resume)], kill_at)
 
 
 def small(synthetic_root, tiny_model_dir, tmp_path, name: str) -> list[str]:
@@ -72,16 +88,28 @@ def tensors(state, prefix: str = "") -> dict[str, torch.Tensor]:
     return {prefix: torch.tensor(float(state))} if isinstance(state, (int, float)) else {}
 
 
+@pytest.fixture(scope="session")
+def two_process_runs(synthetic_root, tiny_model_dir, tmp_path_factory) -> Path:
+    """Every method's 2-process run (runs/<method>, probe states in <method>/), and the uninterrupted run the
+    resume test compares with (runs/straight), made by `cvit fit` in turn inside one pair of processes."""
+    folder = tmp_path_factory.mktemp("two-processes")
+    runs = [two_process_arguments(method, small(synthetic_root, tiny_model_dir, folder, method)) for method in METHODS]
+    runs.append(two_process_arguments(RESUMED, [*small(synthetic_root, tiny_model_dir, folder, "straight"),
+                                                CHECKPOINT_EVERY_STEP]))
+    (folder / "runs.json").write_text(json.dumps(runs))
+    made = in_two_processes([sys.executable, str(FIT_EACH), str(folder / "runs.json")])
+    assert made.returncode == 0, made.stderr[-3000:]
+    return folder
+
+
 @pytest.mark.parametrize("method", METHODS)
-def test_two_processes_train_as_one_at_equal_global_batch(method, synthetic_root, tiny_model_dir, tmp_path):
+def test_two_processes_train_as_one_at_equal_global_batch(method, two_process_runs, synthetic_root, tiny_model_dir,
+                                                          tmp_path):
     from cvit.config.load import load_config
 
-    one_args = small(synthetic_root, tiny_model_dir, tmp_path, "one")
-    cfg, sources = load_config(method_files(method), one_args)
+    cfg, sources = load_config(method_files(method), small(synthetic_root, tiny_model_dir, tmp_path, "one"))
     one = ContinualRun(cfg, sources).run()
-    two = fit_two_processes(method, small(synthetic_root, tiny_model_dir, tmp_path, "two"))
-    assert two.returncode == 0, two.stderr[-3000:]
-    two_dir = tmp_path / "runs" / "two"
+    two_dir = two_process_runs / "runs" / method
 
     doc_one, doc_two = (json.loads((run / "matrix.json").read_text()) for run in (one, two_dir))
     assert doc_two["setup"]["world_size"] == 2 and doc_two["setup"]["global_batch"] == doc_one["setup"]["global_batch"]
@@ -94,7 +122,7 @@ def test_two_processes_train_as_one_at_equal_global_batch(method, synthetic_root
 
     for stage in doc_one["stages"]:
         single = torch.load(tmp_path / "one" / f"rank0-{stage}.pt", weights_only=True)
-        ranks = [torch.load(tmp_path / "two" / f"rank{r}-{stage}.pt", weights_only=True) for r in (0, 1)]
+        ranks = [torch.load(two_process_runs / method / f"rank{r}-{stage}.pt", weights_only=True) for r in (0, 1)]
         per_rank = [tensors(state) for state in ranks]
         assert per_rank[0].keys() == per_rank[1].keys() == tensors(single).keys()
         for key, value in per_rank[0].items():  # the same state on every rank (EMA, anchors, Fisher, ...)
@@ -104,21 +132,19 @@ def test_two_processes_train_as_one_at_equal_global_batch(method, synthetic_root
                 f"{method} {stage}: 2 processes differ from 1 at {key}"
 
 
-def test_a_two_process_run_killed_mid_task_resumes(synthetic_root, tiny_model_dir, tmp_path):
-    common = ["train.checkpoint_every_n_steps=1"]
-    straight = fit_two_processes("llaca", [*small(synthetic_root, tiny_model_dir, tmp_path, "straight"), *common])
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    args = [*small(synthetic_root, tiny_model_dir, tmp_path, "killed"), *common]
-    killed = fit_two_processes("llaca", args, kill_at="count_vqa:1")
+def test_a_two_process_run_killed_mid_task_resumes(two_process_runs, synthetic_root, tiny_model_dir, tmp_path):
+    args = [*small(synthetic_root, tiny_model_dir, tmp_path, "killed"), CHECKPOINT_EVERY_STEP]
+    killed = fit_two_processes(RESUMED, args, kill_at="count_vqa:1")
     assert killed.returncode != 0
     run = tmp_path / "runs" / "killed"
     assert json.loads((run / "matrix.json").read_text())["completed"] == 1
     assert (run / "inflight" / "01_count_vqa" / "inflight.ckpt").is_file()
-    resumed = fit_two_processes("llaca", args, resume=run)
+    resumed = fit_two_processes(RESUMED, args, resume=run)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight = two_process_runs / "runs" / "straight"
     assert json.loads((run / "matrix.json").read_text())["matrix"] == \
-        json.loads((tmp_path / "runs" / "straight" / "matrix.json").read_text())["matrix"]
-    expected, got = adapters(tmp_path / "runs" / "straight"), adapters(run)
+        json.loads((straight / "matrix.json").read_text())["matrix"]
+    expected, got = adapters(straight), adapters(run)
     assert all(torch.equal(expected[k], got[k]) for k in expected)
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -16,6 +14,7 @@ from cvit.run.results import check_seeds
 from cvit.run.world import COMMITTED, RECORD, WEIGHTS, base_is_current, materialise_base, prepare_world
 from cvit.run.world_check import comparison
 from cvit.synthetic.version import WORLD_VERSION
+from tests.conftest import run_cli
 from tests.test_loop import SHORT
 
 
@@ -106,13 +105,11 @@ def test_a_bad_seed_list_is_refused(seeds):
         check_seeds(seeds)
 
 
-def test_the_results_command_names_a_bad_seed_list(tmp_path):
-    empty = subprocess.run([sys.executable, "-m", "cvit.cli", "results", "--work", str(tmp_path), "--seeds"],
-                           capture_output=True, text=True)
-    assert empty.returncode == 2 and "the seed list is empty" in empty.stderr
-    word = subprocess.run([sys.executable, "-m", "cvit.cli", "results", "--seeds", "0", "one"],
-                          capture_output=True, text=True)
-    assert word.returncode == 2 and "invalid int value: 'one'" in word.stderr
+def test_the_results_command_names_a_bad_seed_list(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "results", "--work", tmp_path, "--seeds")
+    assert code == 2 and "the seed list is empty" in err
+    code, _, err = run_cli(capsys, "results", "--seeds", "0", "one")
+    assert code == 2 and "invalid int value: 'one'" in err
     assert not (tmp_path / "synthetic").exists()  # refused before anything was written
 
 
