@@ -49,6 +49,7 @@ class Dtypes:
     lora_input: int  # the input a trainable lora_A keeps: its autocast copy, else the input in the adapter's dtype
     residual: int  # the residual stream between decoder layers (the embeddings' dtype)
     mixed: bool  # autocast to 16 bits (then fp32 weights used with a gradient keep a 16-bit copy for backward)
+    mlp: int  # the MLP's gate and up outputs: a quantized Linear returns its input's dtype (the fp32 norm output)
 
 
 def run_dtypes(model: DictConfig, precision: str) -> Dtypes:
@@ -58,7 +59,8 @@ def run_dtypes(model: DictConfig, precision: str) -> Dtypes:
     base = 2 if half else loaded
     adapter = 2 if half else 4
     compute = 2 if half or mixed or base == 2 else 4
-    return Dtypes(base, adapter, compute, 2 if mixed else adapter, base, mixed)
+    mlp = base if model.quantization != "none" else compute  # bitsandbytes casts its output back to the input's
+    return Dtypes(base, adapter, compute, 2 if mixed else adapter, base, mixed, mlp)
 
 
 @dataclass(frozen=True)
@@ -111,13 +113,18 @@ def activation_bytes(decoder: Decoder, lora_inputs: tuple[tuple[int, int], ...],
                     repeated to every query head: transformers does so whenever a padding mask is passed) and a
                     4-byte log-sum-exp per head. Eager: query, key, value (3eq) and per head the S x S fp32
                     softmax output, plus its 16-bit copy under autocast
-      MLP           3ei: the gate output (SiLU's input), SiLU's output, the up output
+      MLP           3mi: the gate output (SiLU's input), SiLU's output, the up output; m = e, but 4 bytes for a
+                    4/8-bit base under autocast: bitsandbytes' Linear returns its input's dtype, and the input is
+                    the fp32 norm output (measured at LLaVA-1.5-7B's widths: results/real_shapes.md)
       LoRA          per trainable LoRA module (in_features d, rank r, from the pool): the dropout mask (`mask_bytes`
                     an element: a bool on CUDA, the fp32 noise on the CPU; 0 without dropout), lora_A's input
                     (`lora_input` x d) and lora_A's output (er). Each module's input is its own copy (autocast's,
                     or dropout's output); without dropout and autocast, modules reading one tensor share it
-                    (q/k/v, gate/up), which this over-counts. Mixture layers (MoELoRA, SMoLoRA) keep a few
-                    routing tensors more, not counted
+                    (q/k/v, gate/up), which this over-counts. Not counted: adapters that run in the training
+                    forward without training (ProgLoRA's earlier blocks) keep their dropout masks, and mixture
+                    layers (MoELoRA, SMoLoRA) their experts' masks, inputs and routing tensors: at LLaVA-1.5-7B's
+                    widths on the CPU one layer of those methods keeps 1.3-2.1x this estimate
+                    (results/real_shapes.md; there a mask is fp32 noise, a quarter of that on CUDA)
       frozen base linears keep nothing (a 4-bit one dequantizes its weight again in backward).
     Outside the layers: the final norm (4h), the cross-entropy's fp32 log-softmax of the `answers` tokens (4V each),
     the B x S x S attention mask shared by every layer (boolean for SDPA, e bytes for eager). Not modelled: the
@@ -131,7 +138,7 @@ def activation_bytes(decoder: Decoder, lora_inputs: tuple[tuple[int, int], ...],
         attention_bytes, mask = 3 * e * d.query + (4 + (e if e < 4 else 0)) * d.heads * length, e
     else:
         attention_bytes, mask = 4 * e * d.query + 4 * d.heads, 1
-    layer = tokens * (2 * 4 * d.hidden + attention_bytes + 3 * e * d.intermediate + lora)
+    layer = tokens * (2 * 4 * d.hidden + attention_bytes + 3 * dtypes.mlp * d.intermediate + lora)
     outside = tokens * 4 * d.hidden + answers * 4 * d.vocab + mask * batch * length * length
     return Activations(layer, tokens * dtypes.residual * d.hidden, d.layers, outside)
 

@@ -31,7 +31,7 @@ from cvit.errors import ConfigError
 from cvit.model.build import DTYPES, FAMILIES, QUANTIZATIONS
 from cvit.plan.architecture import meta_model, model_config
 from cvit.plan.counting import MethodCount, count_method
-from cvit.plan.memory import GIB, GPUS_GIB, Decoder, run_dtypes, training_peak, verdict
+from cvit.plan.memory import GIB, GPUS_GIB, Decoder, activation_bytes, run_dtypes, training_peak, verdict
 from cvit.plan.weights import Weights
 
 M = 1e6
@@ -102,6 +102,32 @@ def count_config(files: Sequence[str | Path], overrides: Sequence[str] = (), tas
     cfg, sources = method_config(*load_config(files, overrides, sections=()), None, overrides)
     config, _ = model_config(cfg.model, Path(configs))
     return count_method(cfg, sources, config, *plan_stream(cfg, sources, tasks))
+
+
+def step_bytes(files: Sequence[str | Path], overrides: Sequence[str], batch: int, length: int, answers: int,
+               configs: str | Path = "configs", mask_bytes: int = 4) -> dict[str, int]:
+    """The plan's arithmetic for one training step of the config's last training stage at `batch` x `length` tokens
+    with `answers` answer tokens, to set beside a measured step (callbacks/memory_probe.py): the bytes one decoder
+    layer keeps for backward (`layer`), the rest of the model's (`outside`: `activation_bytes`' outside part), and
+    AdamW's two moments (`optimizer`); under 16-bit autocast of fp32 weights, the 16-bit copies `training_peak`
+    counts go to the layer (its unquantized Linears) or outside (lm_head, the trained projector). `mask_bytes`: a
+    dropout mask's element where LoRA dropout is on (4: the CPU keeps the fp32 noise)."""
+    cfg = load_config(files, overrides)[0]
+    count = count_config(files, overrides, configs=configs)
+    config, _ = model_config(cfg.model, Path(configs))
+    dtypes = run_dtypes(cfg.model, cfg.train.precision)
+    mask = mask_bytes if cfg.model.lora.dropout > 0 else 0
+    decoder = Decoder.of(config)
+    activations = activation_bytes(decoder, count.lora_inputs, batch, length, answers, dtypes, mask)
+    layer_copies = outside_copies = 0
+    if dtypes.mixed and dtypes.base == 4:  # 16-bit autocast keeps a 16-bit copy of each fp32 weight it computes with
+        weights = Weights.of(meta_model(config, cfg.model.family), cfg.model.family)
+        layer_copies = (weights.autocast_copies(cfg.model, 4) - 2 * weights.lm_head) // decoder.layers
+        outside_copies = 2 * (weights.lm_head + count.projector)
+    stage = [stage for stage in count.stages if stage.trainable][-1]
+    optimizer = 2 * ((stage.trainable - count.projector) * dtypes.adapter + count.projector * dtypes.base)
+    return {"layer": activations.layer + layer_copies, "outside": activations.outside + outside_copies,
+            "optimizer": optimizer}
 
 
 def plan(files: Sequence[str | Path], overrides: Sequence[str] = (), methods: Sequence[str] | None = None,
