@@ -8,7 +8,8 @@ ARGS     ?=
 JOBS     ?= 2
 SEEDS    ?= 0 1 2
 
-.PHONY: install lock demo results composed world world-check calibration scaling test lint bench params plan parallel-check \
+.PHONY: install lock demo results composed world world-check calibration scaling real-shapes test lint bench params \
+	plan parallel-check \
 	run clean ladder-llaca ladder-proglora ladder-hide ladder-smolora ladder-baselines
 
 # The versions every figure was made with are pinned in requirements.lock (make lock re-resolves it). uv installs in
@@ -57,6 +58,11 @@ calibration: install
 # each method's cost after 3, 6 and 12 tasks of the long synthetic stream: results/scaling.md and scaling.png
 scaling: install
 	$(PY) scripts/scaling.py --work $(WORK) --out results
+
+# every method through the real loop at LLaVA-1.5-7B's and Qwen2-VL-2B's widths (one decoder layer, random weights),
+# NF4 and bf16, against cvit plan's arithmetic for the same shapes: results/real_shapes.md
+real-shapes: install
+	$(PY) scripts/real_shapes.py --work $(WORK)/real_shapes --out results
 
 # the suite on one pytest-xdist worker per logical CPU (TEST_JOBS=0: in this process), a test file per worker at a
 # time (test_parallel.py's tests share their two-process runs); the 25 slowest tests printed at the end
