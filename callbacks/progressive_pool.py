@@ -104,6 +104,12 @@ class AllocationRouter(Router):
     def training(self, batch: dict[str, Any]):
         return self.mixing(batch, self.tasks[-1])
 
+    def training_adapters(self, pool) -> list[str]:
+        return list(self.blocks) if self.allocator is not None else list(self.static_weights(self.tasks[-1]))
+
+    def weighs_in_training(self) -> bool:
+        return self.allocator is not None
+
     def inference_parameters(self, pool) -> int:
         return pool.parameter_count(self.blocks) + pool.extras_size  # every block, and the dynamic allocator
 

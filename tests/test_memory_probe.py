@@ -41,3 +41,23 @@ def test_the_probe_measures_each_layer_and_the_optimizer_as_the_plan_counts_them
         assert plan["optimizer"] == record["optimizer"]
         for layer in record["layers"]:  # the tolerance of tests/test_plan.py's hand-made step
             assert plan["layer"] <= layer * 1.1 and layer <= plan["layer"] * 1.1, (layer, plan["layer"])
+
+
+# ProgLoRA runs its earlier blocks in the training forward without training them (their dropout keeps a mask), and
+# dynamic allocation scales every block's output by a trained weight (autograd keeps each output)
+@pytest.mark.parametrize("method", ["proglora_static", "proglora_dynamic"])
+def test_the_plan_counts_the_blocks_a_training_forward_runs(method, synthetic_root, tiny_model_dir, tmp_path):
+    from cvit.config.load import load_config
+
+    out = tmp_path / "probe.jsonl"
+    files = [*FILES[:2], CONFIGS / "method" / f"{method}.yaml"]
+    overrides = [*small_overrides(synthetic_root, tiny_model_dir, tmp_path / "runs"), "run.name=probe",
+                 "benchmark.order=[colour_mc,count_vqa]", "train.max_steps=2", "train.precision=bf16-mixed",
+                 "model.lora.dropout=0.05", "data.batch_size=4"]
+    probe = ["callbacks.probe.class_path=cvit.callbacks.memory_probe:MemoryProbe", f"callbacks.probe.out={out}"]
+    ContinualRun(*load_config(files, [*overrides, *probe])).run()
+    last = [json.loads(line) for line in out.read_text().splitlines()][-1]
+    assert last["task"] == "count_vqa"  # the second block trains beside the first
+    plan = step_bytes(files, overrides, *last["batch"], last["answers"], CONFIGS)
+    for layer in last["layers"]:
+        assert plan["layer"] <= layer * 1.1 and layer <= plan["layer"] * 1.1, (layer, plan["layer"])

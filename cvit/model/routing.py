@@ -32,6 +32,15 @@ class Router:
         """Adapter parameters generation uses (by default the active adapters')."""
         return pool.parameter_count(pool.active)
 
+    def training_adapters(self, pool) -> list[str]:
+        """The adapters a training forward runs, trained or not (by default the active ones): `cvit plan` counts
+        what the frozen ones keep for backward."""
+        return list(pool.active)
+
+    def weighs_in_training(self) -> bool:
+        """Whether a trained weight scales each training adapter's output (autograd then keeps every output)."""
+        return False
+
 
 def rows_by_key(keys: list[Any]) -> dict[Any, list[int]]:
     """Row indices grouped by their key, groups in first-seen order."""

@@ -60,6 +60,10 @@ class MethodCount:
     projector: int  # the trained projector's parameters, inside every count above (0 when frozen)
     # (in_features, rank) of each trainable adapter's LoRA module in one decoder layer, at the last training stage
     lora_inputs: tuple[tuple[int, int], ...]
+    # in_features of each LoRA module in one decoder layer that the last training stage runs without training it
+    frozen_inputs: tuple[int, ...] = ()
+    # out_features of each LoRA module in one decoder layer whose output a trained weight scales in that stage
+    weighted_outputs: tuple[int, ...] = ()
 
 
 class PlanModule(torch.nn.Module):
@@ -120,6 +124,20 @@ def trainable_lora_inputs(pool: AdapterPool) -> tuple[tuple[int, int], ...]:
                  for adapter, down in layer.lora_A.items() if down.weight.requires_grad)
 
 
+def frozen_lora_inputs(pool: AdapterPool, adapters: list[str]) -> tuple[int, ...]:
+    """in_features of each LoRA module in decoder layer 0 of the `adapters` a training forward runs but does not
+    train (their dropout still keeps a mask for backward)."""
+    return tuple(layer.in_features for name, layer in lora_layers(pool.peft).items() if decoder_layer_index(name) == 0
+                 for adapter, down in layer.lora_A.items() if adapter in adapters and not down.weight.requires_grad)
+
+
+def weighted_lora_outputs(pool: AdapterPool, adapters: list[str]) -> tuple[int, ...]:
+    """out_features of each LoRA module in decoder layer 0 of the `adapters` (their outputs, kept for the gradient
+    of the weight that scales them)."""
+    return tuple(layer.out_features for name, layer in lora_layers(pool.peft).items() if decoder_layer_index(name) == 0
+                 for adapter in layer.lora_B if adapter in adapters)
+
+
 def build_pool(model: DictConfig, config: PretrainedConfig, layer: AdapterLayer | None) -> AdapterPool:
     """The pool `ContinualModule` builds for `model` (a config's section) on the meta-device model of `config`; its
     adapters go to the meta device under accelerate's `init_empty_weights`."""
@@ -153,18 +171,21 @@ def run_stream(cfg: DictConfig, sources: Sources, config: PretrainedConfig, stre
     with init_empty_weights():  # every parameter the pool and the hooks create goes to the meta device
         pool = build_pool(cfg.model, config, layers[0] if layers else None)
         module, data = PlanModule(pool), PlanData(stream, unseen, cfg.benchmark)
-        stages, lora_inputs = [], ()
+        stages, lora_inputs, frozen_inputs, weighted_outputs = [], (), (), ()
         for stage in plan_stages(cfg.method.mode, stream):
             for callback in owners:
                 callback.on_task_start(None, module, data, stage.task)
             trainable = sum(p.numel() for p in module.parameters() if p.requires_grad) if stage.trains else 0
             if stage.trains:
                 lora_inputs = trainable_lora_inputs(pool)
+                running = module.router.training_adapters(pool)
+                frozen_inputs = frozen_lora_inputs(pool, running)
+                weighted_outputs = weighted_lora_outputs(pool, running) if module.router.weighs_in_training() else ()
             for callback in owners:
                 callback.on_task_end(None, module, data, stage.task)
             inference = module.router.inference_parameters(pool) + pool.projector_size
             stages.append(StageCount(trainable, pool.parameter_count(), inference))
-    return MethodCount(stages, pool.projector_size, lora_inputs)
+    return MethodCount(stages, pool.projector_size, lora_inputs, frozen_inputs, weighted_outputs)
 
 
 def count_method(cfg: DictConfig, sources: Sources, config: PretrainedConfig, stream: list[Task],
@@ -181,4 +202,4 @@ def count_method(cfg: DictConfig, sources: Sources, config: PretrainedConfig, st
     extra = layers - SHALLOW
     stages = [StageCount(*(a + extra * (b - a) for a, b in zip(astuple(lo), astuple(hi), strict=True)))
               for lo, hi in zip(low.stages, high.stages, strict=True)]
-    return MethodCount(stages, high.projector, high.lora_inputs)
+    return MethodCount(stages, high.projector, high.lora_inputs, high.frozen_inputs, high.weighted_outputs)

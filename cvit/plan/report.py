@@ -118,7 +118,8 @@ def step_bytes(files: Sequence[str | Path], overrides: Sequence[str], batch: int
     dtypes = run_dtypes(cfg.model, cfg.train.precision)
     mask = mask_bytes if cfg.model.lora.dropout > 0 else 0
     decoder = Decoder.of(config)
-    activations = activation_bytes(decoder, count.lora_inputs, batch, length, answers, dtypes, mask)
+    activations = activation_bytes(decoder, count.lora_inputs, batch, length, answers, dtypes, mask,
+                                   count.frozen_inputs, count.weighted_outputs)
     layer_copies = outside_copies = 0
     if dtypes.mixed and dtypes.base == 4:  # 16-bit autocast keeps a 16-bit copy of each fp32 weight it computes with
         weights = Weights.of(meta_model(config, cfg.model.family), cfg.model.family)
