@@ -21,6 +21,7 @@ method whose callbacks refuse the shallow model (a layer index past it) is count
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import astuple, dataclass
 
 import torch
@@ -36,6 +37,7 @@ from cvit.errors import ConfigError
 from cvit.methods.instruction_embeddings import InstructionEmbeddings
 from cvit.model.build import FAMILIES
 from cvit.model.mixing import decoder_layer_index, lora_layers
+from cvit.model.moelora import MoELoRALinear
 from cvit.model.pool import AdapterLayer, AdapterPool
 from cvit.model.routing import Router
 from cvit.model.smolora import INSTRUCTION_DIM
@@ -64,6 +66,10 @@ class MethodCount:
     frozen_inputs: tuple[int, ...] = ()
     # out_features of each LoRA module in one decoder layer whose output a trained weight scales in that stage
     weighted_outputs: tuple[int, ...] = ()
+    # (in_features, rank) of each trainable MoELoRA module in one decoder layer (its router reads the input too)
+    routed_inputs: tuple[tuple[int, int], ...] = ()
+    # trainable adapter parameters in one decoder layer, at the last training stage
+    layer_adapter_parameters: int = 0
 
 
 class PlanModule(torch.nn.Module):
@@ -124,6 +130,19 @@ def trainable_lora_inputs(pool: AdapterPool) -> tuple[tuple[int, int], ...]:
                  for adapter, down in layer.lora_A.items() if down.weight.requires_grad)
 
 
+def routed_lora_inputs(pool: AdapterPool) -> tuple[tuple[int, int], ...]:
+    """(in_features, rank) of each trainable MoELoRA module in decoder layer 0."""
+    return tuple((layer.in_features, layer.r[adapter]) for name, layer in lora_layers(pool.peft).items()
+                 if decoder_layer_index(name) == 0 and isinstance(layer, MoELoRALinear)
+                 for adapter, down in layer.lora_A.items() if down.weight.requires_grad)
+
+
+def layer_adapter_parameters(pool: AdapterPool) -> int:
+    """Trainable parameters of the LoRA modules (routers included) in decoder layer 0."""
+    return sum(p.numel() for name, layer in lora_layers(pool.peft).items() if decoder_layer_index(name) == 0
+               for p in layer.parameters() if p.requires_grad)
+
+
 def frozen_lora_inputs(pool: AdapterPool, adapters: list[str]) -> tuple[int, ...]:
     """in_features of each LoRA module in decoder layer 0 of the `adapters` a training forward runs but does not
     train (their dropout still keeps a mask for backward)."""
@@ -171,7 +190,7 @@ def run_stream(cfg: DictConfig, sources: Sources, config: PretrainedConfig, stre
     with init_empty_weights():  # every parameter the pool and the hooks create goes to the meta device
         pool = build_pool(cfg.model, config, layers[0] if layers else None)
         module, data = PlanModule(pool), PlanData(stream, unseen, cfg.benchmark)
-        stages, lora_inputs, frozen_inputs, weighted_outputs = [], (), (), ()
+        stages, lora_inputs, frozen_inputs, weighted_outputs, routed_inputs, layer_parameters = [], (), (), (), (), 0
         for stage in plan_stages(cfg.method.mode, stream):
             for callback in owners:
                 callback.on_task_start(None, module, data, stage.task)
@@ -181,11 +200,13 @@ def run_stream(cfg: DictConfig, sources: Sources, config: PretrainedConfig, stre
                 running = module.router.training_adapters(pool)
                 frozen_inputs = frozen_lora_inputs(pool, running)
                 weighted_outputs = weighted_lora_outputs(pool, running) if module.router.weighs_in_training() else ()
+                routed_inputs, layer_parameters = routed_lora_inputs(pool), layer_adapter_parameters(pool)
             for callback in owners:
                 callback.on_task_end(None, module, data, stage.task)
             inference = module.router.inference_parameters(pool) + pool.projector_size
             stages.append(StageCount(trainable, pool.parameter_count(), inference))
-    return MethodCount(stages, pool.projector_size, lora_inputs, frozen_inputs, weighted_outputs)
+    return MethodCount(stages, pool.projector_size, lora_inputs, frozen_inputs, weighted_outputs, routed_inputs,
+                       layer_parameters)
 
 
 def count_method(cfg: DictConfig, sources: Sources, config: PretrainedConfig, stream: list[Task],
@@ -202,4 +223,4 @@ def count_method(cfg: DictConfig, sources: Sources, config: PretrainedConfig, st
     extra = layers - SHALLOW
     stages = [StageCount(*(a + extra * (b - a) for a, b in zip(astuple(lo), astuple(hi), strict=True)))
               for lo, hi in zip(low.stages, high.stages, strict=True)]
-    return MethodCount(stages, high.projector, high.lora_inputs, high.frozen_inputs, high.weighted_outputs)
+    return dataclasses.replace(high, stages=stages)

@@ -119,11 +119,13 @@ def step_bytes(files: Sequence[str | Path], overrides: Sequence[str], batch: int
     mask = mask_bytes if cfg.model.lora.dropout > 0 else 0
     decoder = Decoder.of(config)
     activations = activation_bytes(decoder, count.lora_inputs, batch, length, answers, dtypes, mask,
-                                   count.frozen_inputs, count.weighted_outputs)
+                                   count.frozen_inputs, count.weighted_outputs, count.routed_inputs)
     layer_copies = outside_copies = 0
-    if dtypes.mixed and dtypes.base == 4:  # 16-bit autocast keeps a 16-bit copy of each fp32 weight it computes with
+    if dtypes.mixed and dtypes.adapter == 4:  # 16-bit autocast keeps a 16-bit copy of each fp32 weight it uses
+        layer_copies = 2 * count.layer_adapter_parameters
+    if dtypes.mixed and dtypes.base == 4:
         weights = Weights.of(meta_model(config, cfg.model.family), cfg.model.family)
-        layer_copies = (weights.autocast_copies(cfg.model, 4) - 2 * weights.lm_head) // decoder.layers
+        layer_copies += (weights.autocast_copies(cfg.model, 4) - 2 * weights.lm_head) // decoder.layers
         outside_copies = 2 * (weights.lm_head + count.projector)
     stage = [stage for stage in count.stages if stage.trainable][-1]
     optimizer = 2 * ((stage.trainable - count.projector) * dtypes.adapter + count.projector * dtypes.base)
