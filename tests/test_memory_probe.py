@@ -45,8 +45,8 @@ def test_the_probe_measures_each_layer_and_the_optimizer_as_the_plan_counts_them
 
 # ProgLoRA runs its earlier blocks in the training forward without training them (their dropout keeps a mask), and
 # dynamic allocation scales every block's output by a trained weight (autograd keeps each output); MoELoRA's router
-# reads its own copy of the input
-@pytest.mark.parametrize("method", ["proglora_static", "proglora_dynamic", "moelora"])
+# reads its own copy of the input; each SMoLoRA branch keeps its output and masked ranks for the fusion
+@pytest.mark.parametrize("method", ["proglora_static", "proglora_dynamic", "moelora", "smolora"])
 def test_the_plan_counts_the_adapters_and_routers_a_training_forward_runs(method, synthetic_root, tiny_model_dir,
                                                                           tmp_path):
     from cvit.config.load import load_config

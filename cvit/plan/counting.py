@@ -40,7 +40,7 @@ from cvit.model.mixing import decoder_layer_index, lora_layers
 from cvit.model.moelora import MoELoRALinear
 from cvit.model.pool import AdapterLayer, AdapterPool
 from cvit.model.routing import Router
-from cvit.model.smolora import INSTRUCTION_DIM
+from cvit.model.smolora import INSTRUCTION_DIM, SMoLoRALinear
 from cvit.plan.architecture import meta_model, with_depth
 from cvit.run.loop import plan_stages
 
@@ -68,6 +68,8 @@ class MethodCount:
     weighted_outputs: tuple[int, ...] = ()
     # (in_features, rank) of each trainable MoELoRA module in one decoder layer (its router reads the input too)
     routed_inputs: tuple[tuple[int, int], ...] = ()
+    # (out_features, rank) of each trainable SMoLoRA module in one decoder layer, one entry per branch it builds
+    branch_outputs: tuple[tuple[int, int], ...] = ()
     # trainable adapter parameters in one decoder layer, at the last training stage
     layer_adapter_parameters: int = 0
 
@@ -137,6 +139,14 @@ def routed_lora_inputs(pool: AdapterPool) -> tuple[tuple[int, int], ...]:
                  for adapter, down in layer.lora_A.items() if down.weight.requires_grad)
 
 
+def smolora_branch_outputs(pool: AdapterPool) -> tuple[tuple[int, int], ...]:
+    """(out_features, rank) of each trainable SMoLoRA module in decoder layer 0, once per branch."""
+    return tuple((layer.out_features, layer.r[adapter]) for name, layer in lora_layers(pool.peft).items()
+                 if decoder_layer_index(name) == 0 and isinstance(layer, SMoLoRALinear)
+                 for adapter, down in layer.lora_A.items() if down.weight.requires_grad
+                 for _ in layer.options.branches)
+
+
 def layer_adapter_parameters(pool: AdapterPool) -> int:
     """Trainable parameters of the LoRA modules (routers included) in decoder layer 0."""
     return sum(p.numel() for name, layer in lora_layers(pool.peft).items() if decoder_layer_index(name) == 0
@@ -191,6 +201,7 @@ def run_stream(cfg: DictConfig, sources: Sources, config: PretrainedConfig, stre
         pool = build_pool(cfg.model, config, layers[0] if layers else None)
         module, data = PlanModule(pool), PlanData(stream, unseen, cfg.benchmark)
         stages, lora_inputs, frozen_inputs, weighted_outputs, routed_inputs, layer_parameters = [], (), (), (), (), 0
+        branch_outputs = ()
         for stage in plan_stages(cfg.method.mode, stream):
             for callback in owners:
                 callback.on_task_start(None, module, data, stage.task)
@@ -201,12 +212,13 @@ def run_stream(cfg: DictConfig, sources: Sources, config: PretrainedConfig, stre
                 frozen_inputs = frozen_lora_inputs(pool, running)
                 weighted_outputs = weighted_lora_outputs(pool, running) if module.router.weighs_in_training() else ()
                 routed_inputs, layer_parameters = routed_lora_inputs(pool), layer_adapter_parameters(pool)
+                branch_outputs = smolora_branch_outputs(pool)
             for callback in owners:
                 callback.on_task_end(None, module, data, stage.task)
             inference = module.router.inference_parameters(pool) + pool.projector_size
             stages.append(StageCount(trainable, pool.parameter_count(), inference))
     return MethodCount(stages, pool.projector_size, lora_inputs, frozen_inputs, weighted_outputs, routed_inputs,
-                       layer_parameters)
+                       branch_outputs, layer_parameters)
 
 
 def count_method(cfg: DictConfig, sources: Sources, config: PretrainedConfig, stream: list[Task],

@@ -104,8 +104,8 @@ class Activations:
 
 def activation_bytes(decoder: Decoder, lora_inputs: tuple[tuple[int, int], ...], batch: int, length: int,
                      answers: int, dtypes: Dtypes, mask_bytes: int = 1, frozen_inputs: tuple[int, ...] = (),
-                     weighted_outputs: tuple[int, ...] = (), routed_inputs: tuple[tuple[int, int], ...] = ()
-                     ) -> Activations:
+                     weighted_outputs: tuple[int, ...] = (), routed_inputs: tuple[tuple[int, int], ...] = (),
+                     branch_outputs: tuple[tuple[int, int], ...] = ()) -> Activations:
     """What one training step of `batch` sequences of `length` tokens keeps for backward.
 
     Per token and decoder layer of a LLaMA / Qwen2 decoder (h hidden, i intermediate, q = heads x head_dim, e the
@@ -127,8 +127,9 @@ def activation_bytes(decoder: Decoder, lora_inputs: tuple[tuple[int, int], ...],
                     module whose output a trained weight scales (`weighted_outputs`: dynamic ProgLoRA's
                     allocation) keeps that output (e x its out_features). A MoELoRA module (`routed_inputs`)
                     keeps its router's own copy of the input (`lora_input` x d) and the expert-weighted rank
-                    activations (2er). Not counted: what SMoLoRA's layers keep beyond a LoRA's
-                    (results/real_shapes.md has the measured ratios)
+                    activations (2er); each branch of a SMoLoRA module (`branch_outputs`) its output, which the
+                    fusion weighs (e x out_features), and its masked ranks (er). Checked at LLaVA-1.5-7B's and
+                    Qwen2-VL-2B's widths for every method (results/real_shapes.md: 0.98-1.09)
       frozen base linears keep nothing (a 4-bit one dequantizes its weight again in backward).
     Outside the layers: the final norm (4h), the cross-entropy's fp32 log-softmax of the `answers` tokens (4V each),
     the B x S x S attention mask shared by every layer (boolean for SDPA, e bytes for eager). Not modelled: the
@@ -140,6 +141,7 @@ def activation_bytes(decoder: Decoder, lora_inputs: tuple[tuple[int, int], ...],
     lora = sum(mask_bytes * fan_in + dtypes.lora_input * fan_in + e * rank for fan_in, rank in lora_inputs)
     lora += mask_bytes * sum(frozen_inputs) + e * sum(weighted_outputs)
     lora += sum(dtypes.lora_input * fan_in + 2 * e * rank for fan_in, rank in routed_inputs)
+    lora += sum(e * fan_out + e * rank for fan_out, rank in branch_outputs)
     if d.attention == "eager":
         attention_bytes, mask = 3 * e * d.query + (4 + (e if e < 4 else 0)) * d.heads * length, e
     else:
@@ -196,7 +198,8 @@ def training_peak(count: MethodCount, weights: Weights, decoder: Decoder, model:
     trainable, frozen, copies = max((parts(stage) for stage in training), key=sum)
     mask = 1 if model.lora.dropout > 0 else 0  # a boolean dropout mask on CUDA
     activations = activation_bytes(decoder, count.lora_inputs, batch, length, answers, dtypes, mask,
-                                   count.frozen_inputs, count.weighted_outputs, count.routed_inputs)
+                                   count.frozen_inputs, count.weighted_outputs, count.routed_inputs,
+                                   count.branch_outputs)
     frozen_copies = weights.autocast_copies(model, dtypes.base) if dtypes.mixed else 0
     return Estimate(weights.bytes(model, dtypes.base), trainable, frozen,
                     activations.peak(checkpointing) + frozen_copies + copies,

@@ -119,7 +119,8 @@ def step_bytes(files: Sequence[str | Path], overrides: Sequence[str], batch: int
     mask = mask_bytes if cfg.model.lora.dropout > 0 else 0
     decoder = Decoder.of(config)
     activations = activation_bytes(decoder, count.lora_inputs, batch, length, answers, dtypes, mask,
-                                   count.frozen_inputs, count.weighted_outputs, count.routed_inputs)
+                                   count.frozen_inputs, count.weighted_outputs, count.routed_inputs,
+                                   count.branch_outputs)
     layer_copies = outside_copies = 0
     if dtypes.mixed and dtypes.adapter == 4:  # 16-bit autocast keeps a 16-bit copy of each fp32 weight it uses
         layer_copies = 2 * count.layer_adapter_parameters
